@@ -1,0 +1,286 @@
+//! The node's configuration: command-line flags (each with a `HERALD_*`
+//! environment twin) for this process, and an optional TOML file for the
+//! cluster-wide channel policy (namespaces and limits), which must be the same
+//! on every node.
+//!
+//! Everything is parsed and validated before any socket is bound; an invalid
+//! value stops the process with a message naming the field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::namespace::{Limits, NamespaceConfig, Namespaces};
+
+/// Flags of `herald-node`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald-node", version, about = "Herald node: Raft-replicated channels and the gRPC publish API")]
+pub struct NodeArgs {
+    /// This node's Raft id (unique in the cluster, > 0). In a Kubernetes
+    /// StatefulSet, `--id-from-hostname` derives it from the pod ordinal instead.
+    #[arg(long, env = "HERALD_ID")]
+    pub id: Option<u64>,
+
+    /// Take the id from the trailing `-<ordinal>` of the host name, plus one
+    /// (pod `herald-node-0` is node 1).
+    #[arg(long, env = "HERALD_ID_FROM_HOSTNAME", default_value_t = false)]
+    pub id_from_hostname: bool,
+
+    /// Directory for the Raft log, vote and snapshots.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+    pub data_dir: PathBuf,
+
+    /// Address the gRPC API (publisher, admin, internal Raft) listens on.
+    #[arg(long, env = "HERALD_GRPC_LISTEN", default_value = "127.0.0.1:7100")]
+    pub grpc_listen: SocketAddr,
+
+    /// Address other nodes use to reach this node's gRPC port (host:port;
+    /// a DNS name is fine). Defaults to `--grpc-listen`.
+    #[arg(long, env = "HERALD_ADVERTISE", default_value = None)]
+    pub advertise: Option<String>,
+
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "HERALD_HTTP_LISTEN", default_value = "127.0.0.1:7200")]
+    pub http_listen: SocketAddr,
+
+    /// The initial voters, `id=host:port,...` (including this node). A node
+    /// with an empty data dir whose id is the lowest listed bootstraps the
+    /// cluster, unless a listed peer already belongs to one.
+    #[arg(long, env = "HERALD_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Join an existing cluster through this node's gRPC address (any member)
+    /// instead of bootstrapping: the node asks to be added as a learner and is
+    /// promoted to voter once caught up (unless `--learner`).
+    #[arg(long, env = "HERALD_JOIN")]
+    pub join: Option<String>,
+
+    /// With `--join`: stay a non-voting learner.
+    #[arg(long, env = "HERALD_LEARNER", default_value_t = false)]
+    pub learner: bool,
+
+    /// Optional TOML file with `[limits]` and `[namespaces.<name>]` tables.
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// API keys accepted in `authorization: apikey <key>` metadata
+    /// (comma-separated in the environment). The first one is also used by
+    /// this node when it calls other nodes.
+    #[arg(long = "api-key", env = "HERALD_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+
+    /// File with one API key per line (blank lines and `#` comments ignored),
+    /// e.g. a mounted Kubernetes Secret. Re-read on SIGHUP is not needed:
+    /// rotate by listing old and new keys together, then dropping the old.
+    #[arg(long, env = "HERALD_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Accept calls without an API key. Off unless asked for.
+    #[arg(long, env = "HERALD_ALLOW_UNAUTHENTICATED", default_value_t = false)]
+    pub allow_unauthenticated: bool,
+
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+
+    /// Lower bound of the randomized election timeout in milliseconds (the
+    /// upper bound is twice this).
+    #[arg(long, env = "HERALD_ELECTION_TIMEOUT_MS", default_value_t = 500)]
+    pub election_timeout_ms: u64,
+
+    /// Take a snapshot (and compact the log) after this many log entries.
+    #[arg(long, env = "HERALD_SNAPSHOT_EVERY", default_value_t = 5000)]
+    pub snapshot_every: u64,
+
+    /// Log level filter (`RUST_LOG` syntax).
+    #[arg(long, env = "HERALD_LOG", default_value = "info,openraft=warn")]
+    pub log: String,
+}
+
+/// The whole validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: u64,
+    /// Where Raft state lives.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// gRPC address advertised to peers.
+    pub advertise: String,
+    /// Metrics/health listen address.
+    pub http_listen: SocketAddr,
+    /// Initial voters by id.
+    pub peers: BTreeMap<u64, String>,
+    /// A member to join through.
+    pub join: Option<String>,
+    /// Join as learner only.
+    pub learner: bool,
+    /// Accepted API keys.
+    pub api_keys: Vec<String>,
+    /// Whether calls without a key are accepted.
+    pub allow_unauthenticated: bool,
+    /// Raft heartbeat.
+    pub heartbeat: Duration,
+    /// Raft election timeout lower bound.
+    pub election_timeout: Duration,
+    /// Snapshot cadence in log entries.
+    pub snapshot_every: u64,
+    /// Channel policy.
+    pub namespaces: Namespaces,
+}
+
+/// A configuration error, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {field}: {reason}")]
+pub struct ConfigError {
+    /// The flag or TOML key.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), reason: reason.into() }
+}
+
+/// The TOML file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    limits: Option<Limits>,
+    #[serde(default)]
+    namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+impl NodeArgs {
+    /// Validate the flags and read the policy file.
+    pub fn into_config(self) -> Result<NodeConfig, ConfigError> {
+        let id = match (self.id, self.id_from_hostname) {
+            (Some(_), true) => return Err(bad("--id", "give either --id or --id-from-hostname, not both")),
+            (Some(0), _) => return Err(bad("--id", "must be greater than 0")),
+            (Some(id), false) => id,
+            (None, true) => id_from_hostname()?,
+            (None, false) => return Err(bad("--id", "required (or --id-from-hostname)")),
+        };
+        let mut peers = BTreeMap::new();
+        for p in &self.peers {
+            let (pid, addr) = p
+                .split_once('=')
+                .ok_or_else(|| bad("--peers", format!("`{p}` is not id=host:port")))?;
+            let pid: u64 = pid
+                .trim()
+                .parse()
+                .map_err(|_| bad("--peers", format!("`{pid}` is not a node id")))?;
+            if pid == 0 {
+                return Err(bad("--peers", "node ids must be greater than 0"));
+            }
+            check_host_port("--peers", addr.trim())?;
+            if peers.insert(pid, addr.trim().to_string()).is_some() {
+                return Err(bad("--peers", format!("node id {pid} listed twice")));
+            }
+        }
+        if !peers.is_empty() && !peers.contains_key(&id) {
+            return Err(bad("--peers", format!("does not list this node's id {id}")));
+        }
+        if peers.is_empty() && self.join.is_none() {
+            return Err(bad("--peers", "give --peers (bootstrap) or --join (existing cluster)"));
+        }
+        if let Some(j) = &self.join {
+            check_host_port("--join", j)?;
+        }
+        let advertise = self.advertise.unwrap_or_else(|| self.grpc_listen.to_string());
+        check_host_port("--advertise", &advertise)?;
+        if let Some(listed) = peers.get(&id) {
+            if listed != &advertise && self.grpc_listen.to_string() != *listed {
+                return Err(bad(
+                    "--peers",
+                    format!("lists {listed} for this node, but it advertises {advertise}"),
+                ));
+            }
+        }
+        let mut api_keys: Vec<String> = self.api_keys.into_iter().filter(|k| !k.is_empty()).collect();
+        if let Some(path) = &self.api_keys_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad("--api-keys-file", format!("{}: {e}", path.display())))?;
+            api_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        if api_keys.is_empty() && !self.allow_unauthenticated {
+            return Err(bad(
+                "--api-key",
+                "no API key configured; give --api-key / --api-keys-file, or --allow-unauthenticated",
+            ));
+        }
+        if self.heartbeat_ms == 0 {
+            return Err(bad("--heartbeat-ms", "must be greater than 0"));
+        }
+        if self.election_timeout_ms <= self.heartbeat_ms * 2 {
+            return Err(bad("--election-timeout-ms", "must be more than twice --heartbeat-ms"));
+        }
+        if self.snapshot_every < 10 {
+            return Err(bad("--snapshot-every", "must be at least 10"));
+        }
+        let policy = match &self.config {
+            None => PolicyFile::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| bad(format!("--config {}", path.display()), e.to_string()))?
+            }
+        };
+        let namespaces = Namespaces::new(policy.limits.unwrap_or_default(), policy.namespaces)?;
+        Ok(NodeConfig {
+            id,
+            data_dir: self.data_dir,
+            grpc_listen: self.grpc_listen,
+            advertise,
+            http_listen: self.http_listen,
+            peers,
+            join: self.join,
+            learner: self.learner,
+            api_keys,
+            allow_unauthenticated: self.allow_unauthenticated,
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            election_timeout: Duration::from_millis(self.election_timeout_ms),
+            snapshot_every: self.snapshot_every,
+            namespaces,
+        })
+    }
+}
+
+fn check_host_port(field: &str, s: &str) -> Result<(), ConfigError> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(bad(field, format!("`{s}` is not host:port"))),
+    }
+}
+
+fn id_from_hostname() -> Result<u64, ConfigError> {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .ok_or_else(|| bad("--id-from-hostname", "no HOSTNAME and no /etc/hostname"))?;
+    let ordinal = host
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .ok_or_else(|| bad("--id-from-hostname", format!("host name `{host}` does not end in -<ordinal>")))?;
+    Ok(ordinal + 1)
+}
+
+impl ConfigError {
+    /// Build an error for a TOML key of the policy file.
+    pub fn policy(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        bad(field, reason)
+    }
+}

@@ -1,0 +1,82 @@
+//! Calls from this node to other nodes (Raft RPCs, forwarded publishes and
+//! admin requests): lazily connected channels, cached per address, each call
+//! carrying this node's API key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// Adds `authorization: apikey <key>` to every outgoing call.
+#[derive(Clone)]
+pub struct ApiKeyMetadata(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for ApiKeyMetadata {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Authed = InterceptedService<Channel, ApiKeyMetadata>;
+/// Raft RPC client.
+pub type RaftClient = herald_proto::v1::raft_client::RaftClient<Authed>;
+/// Publisher client.
+pub type PublisherClient = herald_proto::v1::publisher_client::PublisherClient<Authed>;
+/// Admin client.
+pub type AdminClient = herald_proto::v1::admin_client::AdminClient<Authed>;
+
+/// Outbound connection pool; cheap to clone.
+#[derive(Clone)]
+pub struct Outbound {
+    key: ApiKeyMetadata,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Outbound {
+    /// Calls carry `api_key` when given.
+    pub fn new(api_key: Option<&str>) -> Self {
+        let key = api_key.and_then(|k| MetadataValue::try_from(format!("apikey {k}")).ok());
+        Self { key: ApiKeyMetadata(key), channels: Arc::default() }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut map = self.channels.lock().expect("outbound lock poisoned");
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad address {addr}: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let c = endpoint.connect_lazy();
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Raft client for a peer.
+    pub fn raft(&self, addr: &str) -> Result<RaftClient, String> {
+        let c = self.channel(addr)?;
+        Ok(herald_proto::v1::raft_client::RaftClient::with_interceptor(c, self.key.clone())
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024))
+    }
+
+    /// Publisher client for a peer.
+    pub fn publisher(&self, addr: &str) -> Result<PublisherClient, String> {
+        Ok(herald_proto::v1::publisher_client::PublisherClient::with_interceptor(self.channel(addr)?, self.key.clone()))
+    }
+
+    /// Admin client for a peer.
+    pub fn admin(&self, addr: &str) -> Result<AdminClient, String> {
+        Ok(herald_proto::v1::admin_client::AdminClient::with_interceptor(self.channel(addr)?, self.key.clone()))
+    }
+}

@@ -1,0 +1,260 @@
+//! The public `Publisher` service. Thin: requests are validated and turned
+//! into Raft proposals by [`Replica`]; a follower forwards publishes (once)
+//! to the leader, so callers may use any node.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use herald_proto::v1::publisher_server::Publisher;
+use herald_proto::v1::{
+    ChannelInfoRequest, ChannelInfoResponse, ChannelSummary, ChannelsRequest, ChannelsResponse, ClusterMember,
+    ClusterStatusRequest, ClusterStatusResponse, HistoryRequest, HistoryResponse, Publication, PublishBatchRequest,
+    PublishBatchResponse, PublishRequest, PublishResponse,
+};
+use openraft::ServerState;
+use tonic::{Request, Response, Status};
+
+use super::FORWARDED;
+use crate::channels::{Accepted, Channel, Epoch, Offset, Since};
+use crate::namespace::Namespace;
+use crate::rejection::Rejection;
+use crate::replica::{PublishOutcome, Replica};
+
+/// Serves `herald.v1.Publisher`.
+pub struct PublisherService {
+    replica: Arc<Replica>,
+}
+
+impl PublisherService {
+    /// Serve this replica.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Self { replica }
+    }
+
+    /// Validate, commit (here or on the leader) and answer one result per
+    /// request item.
+    async fn commit(&self, reqs: Vec<PublishRequest>, forwarded: bool) -> Result<Vec<PublishResponse>, Status> {
+        let started = Instant::now();
+        let result = self.commit_inner(reqs, forwarded).await;
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(s) => match s.code() {
+                tonic::Code::InvalidArgument => "invalid",
+                tonic::Code::Unavailable => "unavailable",
+                _ => "error",
+            },
+        };
+        metrics::counter!("herald_publishes_total", "result" => label).increment(1);
+        if !forwarded {
+            metrics::histogram!("herald_publish_duration_seconds", "result" => label)
+                .record(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    async fn commit_inner(&self, reqs: Vec<PublishRequest>, forwarded: bool) -> Result<Vec<PublishResponse>, Status> {
+        let limits = &self.replica.namespaces.limits;
+        if reqs.is_empty() {
+            return Err(Rejection::BatchEmpty.into());
+        }
+        if reqs.len() > limits.max_batch {
+            return Err(Rejection::BatchTooLarge { size: reqs.len(), max: limits.max_batch }.into());
+        }
+        let single = reqs.len() == 1;
+        let mut items = Vec::with_capacity(reqs.len());
+        for (index, r) in reqs.iter().enumerate() {
+            let item = self
+                .replica
+                .prepare(
+                    r.channel.clone(),
+                    r.event_type.clone(),
+                    r.data.clone(),
+                    r.content_type.clone(),
+                    r.idempotency_key.clone(),
+                    r.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                )
+                .map_err(|e| if single { e } else { Rejection::BatchItem { index, inner: Box::new(e) } })?;
+            items.push(item);
+        }
+        match self.replica.publish(items).await? {
+            PublishOutcome::Done(accepted) => Ok(accepted.into_iter().map(to_response).collect()),
+            PublishOutcome::Forward(_, _) if forwarded => Err(Rejection::NoLeader.into()),
+            PublishOutcome::Forward(leader, node) => {
+                metrics::counter!("herald_publish_forwards_total").increment(1);
+                let mut client = self.replica.outbound.publisher(&node.grpc_addr).map_err(Rejection::LeaderUnreachable)?;
+                let mut req = Request::new(PublishBatchRequest { publications: reqs });
+                req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from(self.replica.id));
+                match client.publish_batch(req).await {
+                    Ok(r) => Ok(r.into_inner().results),
+                    // The leader's own rejections pass through unchanged.
+                    Err(s) if s.code() != tonic::Code::Unavailable && s.code() != tonic::Code::Unknown => Err(s),
+                    Err(s) if crate::rejection::reason_of(&s).is_some() => Err(s),
+                    Err(s) => Err(Rejection::LeaderUnreachable(format!("node {leader}: {}", s.message())).into()),
+                }
+            }
+        }
+    }
+}
+
+fn to_response(a: Accepted) -> PublishResponse {
+    PublishResponse {
+        channel: a.channel,
+        offset: a.offset.0,
+        epoch: a.epoch.0,
+        duplicate: a.duplicate,
+        published_at_ms: a.published_at_ms,
+    }
+}
+
+fn summary(name: &str, namespace: &str, c: &Channel) -> ChannelSummary {
+    ChannelSummary {
+        channel: name.to_string(),
+        namespace: namespace.to_string(),
+        epoch: c.epoch.0.clone(),
+        offset: c.last_offset.0,
+        history_len: c.history().len() as u32,
+        last_published_at_ms: c.last_published_at_ms,
+    }
+}
+
+fn namespace_of(name: &str) -> &str {
+    name.split_once(':').map_or(crate::namespace::DEFAULT_NAMESPACE, |(ns, _)| ns)
+}
+
+fn state_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn info(ns: &Namespace, channel: ChannelSummary) -> ChannelInfoResponse {
+    ChannelInfoResponse {
+        channel: Some(channel),
+        history_size: ns.config.history_size,
+        history_ttl_ms: ns.config.history_ttl_secs * 1000,
+        allow_client_publish: ns.config.allow_client_publish,
+        presence: ns.config.presence,
+        schema_event_types: ns.config.schemas.keys().cloned().collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Publisher for PublisherService {
+    async fn publish(&self, req: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let mut out = self.commit(vec![req.into_inner()], forwarded).await?;
+        let first = out.pop().ok_or_else(|| Status::internal("empty publish result"))?;
+        Ok(Response::new(first))
+    }
+
+    async fn publish_batch(&self, req: Request<PublishBatchRequest>) -> Result<Response<PublishBatchResponse>, Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let results = self.commit(req.into_inner().publications, forwarded).await?;
+        Ok(Response::new(PublishBatchResponse { results }))
+    }
+
+    async fn history(&self, req: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        if r.linearizable {
+            match self.replica.leader() {
+                Some((id, _)) if id == self.replica.id => self.replica.read_barrier().await?,
+                Some(_) if forwarded => return Err(Rejection::NoLeader.into()),
+                Some((id, node)) => {
+                    let mut client =
+                        self.replica.outbound.publisher(&node.grpc_addr).map_err(Rejection::LeaderUnreachable)?;
+                    let mut fwd = Request::new(r);
+                    fwd.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from(self.replica.id));
+                    return client.history(fwd).await.map_err(|s| match crate::rejection::reason_of(&s) {
+                        Some(_) => s,
+                        None => Rejection::LeaderUnreachable(format!("node {id}: {}", s.message())).into(),
+                    });
+                }
+                None => return Err(Rejection::NoLeader.into()),
+            }
+        }
+        let since = r.since.map(|s| Since { offset: Offset(s.offset), epoch: Epoch(s.epoch) });
+        let page = self.replica.history(&r.channel, since.as_ref(), r.limit, r.reverse)?;
+        let channel = r.channel;
+        let epoch = page.epoch.0.clone();
+        let publications = page
+            .publications
+            .into_iter()
+            .map(|p| Publication {
+                channel: channel.clone(),
+                offset: p.offset.0,
+                epoch: epoch.clone(),
+                event_type: p.event_type,
+                data: p.data,
+                content_type: p.content_type,
+                idempotency_key: p.idempotency_key,
+                headers: p.headers.into_iter().collect(),
+                published_at_ms: p.published_at_ms,
+            })
+            .collect();
+        Ok(Response::new(HistoryResponse {
+            publications,
+            epoch,
+            offset: page.offset.0,
+            in_window: page.in_window,
+            first_offset: page.first_offset.0,
+        }))
+    }
+
+    async fn channels(&self, req: Request<ChannelsRequest>) -> Result<Response<ChannelsResponse>, Status> {
+        let pattern = req.into_inner().pattern;
+        let channels = self.replica.channels(&pattern, |name, c| summary(name, namespace_of(name), c));
+        Ok(Response::new(ChannelsResponse { channels }))
+    }
+
+    async fn channel_info(&self, req: Request<ChannelInfoRequest>) -> Result<Response<ChannelInfoResponse>, Status> {
+        let name = req.into_inner().channel;
+        let ns = self.replica.namespaces.resolve(&name)?;
+        let channel = self
+            .replica
+            .channel(&name, |c| summary(&name, &ns.name, c))
+            .ok_or_else(|| Rejection::ChannelNotFound { channel: name.clone() })?;
+        Ok(Response::new(info(ns, channel)))
+    }
+
+    async fn cluster_status(&self, _: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
+        let m = self.replica.metrics();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| ClusterMember {
+                id: *id,
+                grpc_addr: node.grpc_addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                matched_index: m
+                    .replication
+                    .as_ref()
+                    .map(|r| r.get(id).and_then(|l| *l).map_or(0, |l| l.index))
+                    .or_else(|| (*id == self.replica.id).then(|| m.last_log_index.unwrap_or(0))),
+            })
+            .collect();
+        let leader_grpc_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.grpc_addr.clone())
+            .unwrap_or_default();
+        Ok(Response::new(ClusterStatusResponse {
+            node_id: self.replica.id,
+            state: state_name(m.state).to_string(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: self.replica.committed_index(),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            members,
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+            leader_grpc_addr,
+        }))
+    }
+}

@@ -1,0 +1,146 @@
+//! Herald node: Raft-replicated channels, durable history and the gRPC
+//! publish API.
+//!
+//! [`run`] takes bound listeners and a shutdown future, so tests and the
+//! `herald` command start nodes on ephemeral ports in one call; `main.rs`
+//! only parses flags and binds.
+
+pub mod channels;
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod namespace;
+pub mod proposer;
+pub mod raft;
+pub mod rejection;
+pub mod replica;
+mod startup;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use herald_proto::v1::admin_server::AdminServer;
+use herald_proto::v1::publisher_server::PublisherServer;
+use herald_proto::v1::raft_server::RaftServer;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::NodeConfig;
+use crate::grpc::auth::ApiKeys;
+use crate::grpc::outbound::Outbound;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::StateMachine;
+use crate::replica::Replica;
+
+/// The node's bound sockets.
+pub struct Listeners {
+    /// gRPC (publisher, admin, raft).
+    pub grpc: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http: TcpListener,
+}
+
+/// Largest gRPC message accepted from publishers (a full batch).
+const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest Raft message (snapshots travel in chunks below this).
+const MAX_RAFT_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// Run a node until `shutdown` resolves; then hand leadership over, stop
+/// serving, and stop Raft.
+pub async fn run(
+    config: NodeConfig,
+    listeners: Listeners,
+    prometheus: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let db_path = config.data_dir.join("herald.redb");
+    let db = Arc::new(
+        redb::Database::create(&db_path).with_context(|| format!("opening {}", db_path.display()))?,
+    );
+    let log = LogStore::open(db.clone()).context("opening the raft log")?;
+    let sm = StateMachine::open(db).context("opening the state machine")?;
+    let raft_config = openraft::Config {
+        cluster_name: "herald".into(),
+        heartbeat_interval: config.heartbeat.as_millis() as u64,
+        election_timeout_min: config.election_timeout.as_millis() as u64,
+        election_timeout_max: config.election_timeout.as_millis() as u64 * 2,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: 1000,
+        max_payload_entries: 512,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft configuration")?;
+    let outbound = Outbound::new(config.api_keys.first().map(String::as_str));
+    let state = sm.state();
+    let applied = sm.applied_index();
+    let raft = raft::Raft::new(config.id, Arc::new(raft_config), Network::new(outbound.clone()), log.clone(), sm)
+        .await
+        .context("starting raft")?;
+    let replica = Arc::new(Replica::new(
+        config.id,
+        raft.clone(),
+        config.namespaces.clone(),
+        outbound.clone(),
+        state,
+        applied,
+        log,
+    ));
+
+    let keys = ApiKeys::new(config.api_keys.clone(), config.allow_unauthenticated);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PublisherServer<grpc::publisher::PublisherService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("gRPC reflection")?;
+    let publisher = PublisherServer::new(grpc::publisher::PublisherService::new(replica.clone()))
+        .max_decoding_message_size(MAX_API_MESSAGE);
+    let admin = AdminServer::new(grpc::admin::AdminService::new(replica.clone()));
+    let raft_rpc = RaftServer::new(grpc::raft::RaftService::new(raft.clone()))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(tonic::service::interceptor::InterceptedService::new(publisher, keys.clone()))
+        .add_service(tonic::service::interceptor::InterceptedService::new(admin, keys.clone()))
+        .add_service(tonic::service::interceptor::InterceptedService::new(raft_rpc, keys))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped(stop_rx.clone()));
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(
+        axum::serve(listeners.http, http::router(replica.clone(), prometheus))
+            .with_graceful_shutdown(stopped(stop_rx))
+            .into_future(),
+    );
+    let membership_task = tokio::spawn(startup::bootstrap_or_join(config.clone(), raft.clone(), outbound));
+    tracing::info!(id = config.id, grpc = %config.grpc_listen, http = %config.http_listen, "node started");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    membership_task.abort();
+    replica.step_down(Duration::from_secs(5)).await;
+    let _ = stop_tx.send(true);
+    let _ = grpc_task.await;
+    let _ = http_task.await;
+    let _ = raft.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The Raft log, vote and commit index in a redb database under the data
+//! dir. Every append is a durable (fsynced) redb commit before openraft is
+//! told it is flushed, which is what lets an acknowledged publish survive a
+//! crash of any minority (guarantee 1).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{StorageError, TypeConfig, decode, encode};
+
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "last_purged";
+
+/// The log store; cheap to clone (readers share the database).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+    committed_index: Arc<AtomicU64>,
+}
+
+impl LogStore {
+    /// Open the store on a shared database, creating tables as needed.
+    pub fn open(db: Arc<Database>) -> Result<Self, redb::Error> {
+        let tx = db.begin_write()?;
+        tx.open_table(LOG)?;
+        tx.open_table(META)?;
+        tx.commit()?;
+        let store = Self { db, committed_index: Arc::new(AtomicU64::new(0)) };
+        if let Some(c) = store.meta::<LogId<u64>>(COMMITTED).ok().flatten() {
+            store.committed_index.store(c.index, Ordering::Relaxed);
+        }
+        Ok(store)
+    }
+
+    /// The highest index this node knows to be committed.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed_index.clone()
+    }
+
+    /// Number of entries currently in the log (after compaction).
+    pub fn len(&self) -> u64 {
+        self.db
+            .begin_read()
+            .ok()
+            .and_then(|r| r.open_table(LOG).ok())
+            .and_then(|t| t.len().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether the log holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn meta<T: for<'a> serde::Deserialize<'a>>(&self, key: &str) -> Result<Option<T>, StorageError> {
+        let r = self.db.begin_read().map_err(|e| StorageIOError::read(&e))?;
+        let t = r.open_table(META).map_err(|e| StorageIOError::read(&e))?;
+        let Some(v) = t.get(key).map_err(|e| StorageIOError::read(&e))? else {
+            return Ok(None);
+        };
+        Ok(Some(decode(v.value()).map_err(|e| StorageIOError::read(&e))?))
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
+        let bytes = encode(value);
+        blocking(|| {
+            let tx = self.db.begin_write().map_err(|e| StorageIOError::write(&e))?;
+            tx.open_table(META)
+                .map_err(|e| StorageIOError::write(&e))?
+                .insert(key, bytes.as_slice())
+                .map_err(|e| StorageIOError::write(&e))?;
+            tx.commit().map_err(|e| StorageIOError::write(&e))?;
+            Ok(())
+        })
+    }
+}
+
+/// Run blocking disk work without stalling the other tasks of this worker.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let r = self.db.begin_read().map_err(|e| StorageIOError::read_logs(&e))?;
+        let t = r.open_table(LOG).map_err(|e| StorageIOError::read_logs(&e))?;
+        let start = match range.start_bound() {
+            Bound::Included(s) => Bound::Included(*s),
+            Bound::Excluded(s) => Bound::Excluded(*s),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(s) => Bound::Included(*s),
+            Bound::Excluded(s) => Bound::Excluded(*s),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in t.range::<u64>((start, end)).map_err(|e| StorageIOError::read_logs(&e))? {
+            let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            out.push(decode(v.value()).map_err(|e| StorageIOError::read_logs(&e))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId<u64>> = self.meta(PURGED)?;
+        let r = self.db.begin_read().map_err(|e| StorageIOError::read_logs(&e))?;
+        let t = r.open_table(LOG).map_err(|e| StorageIOError::read_logs(&e))?;
+        let last = match t.last().map_err(|e| StorageIOError::read_logs(&e))? {
+            Some((_, v)) => {
+                let e: Entry<TypeConfig> = decode(v.value()).map_err(|e| StorageIOError::read_logs(&e))?;
+                Some(e.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        self.put_meta(VOTE, vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        self.meta(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError> {
+        if let Some(c) = committed {
+            self.committed_index.store(c.index, Ordering::Relaxed);
+        }
+        // Losing the latest commit index in a crash is harmless (it is
+        // re-learned from the leader), so this write is not fsynced.
+        let bytes = encode(&committed);
+        blocking(|| {
+            let mut tx = self.db.begin_write().map_err(|e| StorageIOError::write(&e))?;
+            tx.set_durability(redb::Durability::None).map_err(|e| StorageIOError::write(&e))?;
+            tx.open_table(META)
+                .map_err(|e| StorageIOError::write(&e))?
+                .insert(COMMITTED, bytes.as_slice())
+                .map_err(|e| StorageIOError::write(&e))?;
+            tx.commit().map_err(|e| StorageIOError::write(&e))?;
+            Ok(())
+        })
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError> {
+        Ok(self.meta::<Option<LogId<u64>>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encoded: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, encode(&e))).collect();
+        let n = encoded.len() as u64;
+        let res = blocking(|| {
+            let tx = self.db.begin_write().map_err(|e| StorageIOError::write_logs(&e))?;
+            {
+                let mut t = tx.open_table(LOG).map_err(|e| StorageIOError::write_logs(&e))?;
+                for (index, bytes) in &encoded {
+                    t.insert(*index, bytes.as_slice()).map_err(|e| StorageIOError::write_logs(&e))?;
+                }
+            }
+            tx.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+            Ok::<_, StorageError>(())
+        });
+        metrics::counter!("herald_raft_log_appended_entries_total").increment(n);
+        match res {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
+        blocking(|| {
+            let tx = self.db.begin_write().map_err(|e| StorageIOError::write_logs(&e))?;
+            tx.open_table(LOG)
+                .map_err(|e| StorageIOError::write_logs(&e))?
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+            tx.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+            Ok(())
+        })
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
+        let bytes = encode(&Some(log_id));
+        blocking(|| {
+            let tx = self.db.begin_write().map_err(|e| StorageIOError::write_logs(&e))?;
+            tx.open_table(META)
+                .map_err(|e| StorageIOError::write_logs(&e))?
+                .insert(PURGED, bytes.as_slice())
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+            tx.open_table(LOG)
+                .map_err(|e| StorageIOError::write_logs(&e))?
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+            tx.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+            Ok(())
+        })
+    }
+}

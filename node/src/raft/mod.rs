@@ -1,0 +1,73 @@
+//! Raft plumbing: openraft's type configuration, the redb-backed log store,
+//! the state machine that feeds committed entries to the [`ChannelTable`],
+//! and the gRPC network between nodes. Application logic lives in
+//! [`crate::channels`]; this module only moves entries and bytes.
+//!
+//! [`ChannelTable`]: crate::channels::ChannelTable
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channels::{Accepted, Proposal};
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+/// What Raft knows about a node: where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// host:port of its gRPC API.
+    pub grpc_addr: String,
+}
+
+impl std::fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.grpc_addr)
+    }
+}
+
+/// A replicated command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Publications accepted together.
+    Publish(Proposal),
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Blank and membership entries.
+    #[default]
+    None,
+    /// One result per publication of a [`Command::Publish`].
+    Published(Vec<Accepted>),
+}
+
+openraft::declare_raft_types!(
+    /// Herald's openraft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// Storage errors in this configuration.
+pub type StorageError = openraft::StorageError<u64>;
+
+/// Encode a value for the wire or disk.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).expect("postcard serialization of owned data cannot fail")
+}
+
+/// Decode a value from the wire or disk.
+pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(b)
+}

@@ -1,0 +1,181 @@
+//! The Raft state machine: applies committed entries to the shared
+//! [`Applied`] state and keeps the latest snapshot in the node's database so
+//! a restarted node starts from it and replays only the log after it.
+//!
+//! Reads (history, channel lists) take the state's read lock directly; no
+//! lock is ever held across an `.await`.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
+};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{Command, CommandResult, NodeInfo, StorageError, TypeConfig, decode, encode};
+use crate::channels::ChannelTable;
+
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+const CURRENT: &str = "current";
+
+/// Everything the state machine has applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    /// Last applied log id.
+    pub last_applied: Option<LogId<u64>>,
+    /// Last applied membership.
+    pub membership: StoredMembership<u64, NodeInfo>,
+    /// Channels, offsets, history, idempotency window.
+    pub channels: ChannelTable,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<u64, NodeInfo>,
+    data: Vec<u8>,
+}
+
+/// The state machine store; clones share state.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    state: Arc<RwLock<Applied>>,
+    applied_tx: Arc<watch::Sender<u64>>,
+}
+
+impl StateMachine {
+    /// Open on the shared database, restoring the latest snapshot if any.
+    pub fn open(db: Arc<Database>) -> Result<Self, anyhow::Error> {
+        let tx = db.begin_write()?;
+        tx.open_table(SNAPSHOT)?;
+        tx.commit()?;
+        let mut applied = Applied::default();
+        let r = db.begin_read()?;
+        if let Some(v) = r.open_table(SNAPSHOT)?.get(CURRENT)? {
+            let snap: StoredSnapshot = decode(v.value())?;
+            applied = decode(&snap.data)?;
+        }
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        let (applied_tx, _) = watch::channel(index);
+        Ok(Self { db, state: Arc::new(RwLock::new(applied)), applied_tx: Arc::new(applied_tx) })
+    }
+
+    /// Shared read access to the applied state.
+    pub fn state(&self) -> Arc<RwLock<Applied>> {
+        self.state.clone()
+    }
+
+    /// Watch the last applied index.
+    pub fn applied_index(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    fn save_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
+        let bytes = encode(snap);
+        let tx = self.db.begin_write().map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
+        tx.open_table(SNAPSHOT)
+            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?
+            .insert(CURRENT, bytes.as_slice())
+            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
+        tx.commit().map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (data, last_applied, membership) = {
+            let s = self.state.read().expect("state lock poisoned");
+            (encode(&*s), s.last_applied, s.membership.clone())
+        };
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+            None => format!("empty-{}", rand::random::<u32>()),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        tokio::task::block_in_place(|| self.save_snapshot(&stored))?;
+        metrics::counter!("herald_raft_snapshots_total", "kind" => "built").increment(1);
+        metrics::gauge!("herald_raft_snapshot_bytes").set(stored.data.len() as f64);
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, NodeInfo>), StorageError> {
+        let s = self.state.read().expect("state lock poisoned");
+        Ok((s.last_applied, s.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut results = Vec::new();
+        let last = {
+            let mut s = self.state.write().expect("state lock poisoned");
+            for entry in entries {
+                s.last_applied = Some(entry.log_id);
+                let r = match entry.payload {
+                    EntryPayload::Blank => CommandResult::None,
+                    EntryPayload::Normal(Command::Publish(p)) => {
+                        metrics::counter!("herald_publications_applied_total").increment(p.items.len() as u64);
+                        CommandResult::Published(s.channels.apply(&p))
+                    }
+                    EntryPayload::Membership(m) => {
+                        s.membership = StoredMembership::new(Some(entry.log_id), m);
+                        CommandResult::None
+                    }
+                };
+                results.push(r);
+            }
+            s.last_applied.map_or(0, |l| l.index)
+        };
+        self.applied_tx.send_replace(last);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, NodeInfo>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let applied: Applied =
+            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        tokio::task::block_in_place(|| self.save_snapshot(&stored))?;
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        *self.state.write().expect("state lock poisoned") = applied;
+        self.applied_tx.send_replace(index);
+        metrics::counter!("herald_raft_snapshots_total", "kind" => "installed").increment(1);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let r = self.db.begin_read().map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let t = r.open_table(SNAPSHOT).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let Some(v) = t.get(CURRENT).map_err(|e| StorageIOError::read_snapshot(None, &e))? else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot = decode(v.value()).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}

@@ -1,0 +1,376 @@
+//! One node's replica of the cluster: Raft, the applied channel state, the
+//! policy, and the operations the gRPC services expose (publish, read,
+//! membership, status). Services stay thin; this is where a request meets
+//! Raft.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, RaftMetrics, ServerState};
+use tokio::sync::watch;
+
+use crate::channels::{Accepted, Channel, HistoryPage, NewPublication, Since};
+use crate::grpc::outbound::Outbound;
+use crate::namespace::Namespaces;
+use crate::proposer::{ProposeError, Proposer};
+use crate::raft::log_store::LogStore;
+use crate::raft::state_machine::Applied;
+use crate::raft::{NodeInfo, Raft};
+use crate::rejection::Rejection;
+
+/// Where a publish ended up.
+pub enum PublishOutcome {
+    /// Committed and applied here.
+    Done(Vec<Accepted>),
+    /// This node is not the leader; forward to this one.
+    Forward(u64, NodeInfo),
+}
+
+/// The node's replica handle; shared by every service.
+pub struct Replica {
+    /// This node's id.
+    pub id: u64,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// Channel policy.
+    pub namespaces: Namespaces,
+    /// Calls to other nodes.
+    pub outbound: Outbound,
+    state: Arc<RwLock<Applied>>,
+    applied: watch::Receiver<u64>,
+    committed: Arc<AtomicU64>,
+    log: LogStore,
+    proposer: Proposer,
+    stepping_down: AtomicBool,
+}
+
+/// A snapshot of Raft's view, for status and health.
+pub type Metrics = RaftMetrics<u64, NodeInfo>;
+
+impl Replica {
+    /// Assemble the replica.
+    pub fn new(
+        id: u64,
+        raft: Raft,
+        namespaces: Namespaces,
+        outbound: Outbound,
+        state: Arc<RwLock<Applied>>,
+        applied: watch::Receiver<u64>,
+        log: LogStore,
+    ) -> Self {
+        let committed = log.committed_index();
+        let window_ms = namespaces.limits.idempotency_window_secs * 1000;
+        let proposer = Proposer::spawn(raft.clone(), window_ms);
+        Self {
+            id,
+            raft,
+            namespaces,
+            outbound,
+            state,
+            applied,
+            committed,
+            log,
+            proposer,
+            stepping_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Raft's current metrics.
+    pub fn metrics(&self) -> Metrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The leader and its address, if one is known.
+    pub fn leader(&self) -> Option<(u64, NodeInfo)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Highest committed log index this node knows.
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// Entries in the local log.
+    pub fn log_entries(&self) -> u64 {
+        self.log.len()
+    }
+
+    /// Last applied log index.
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Ready: a leader is known and everything known committed is applied.
+    pub fn is_ready(&self) -> bool {
+        let m = self.metrics();
+        m.current_leader.is_some()
+            && m.running_state.is_ok()
+            && self.applied_index() >= self.committed_index()
+            && !self.stepping_down.load(Ordering::Relaxed)
+    }
+
+    /// Validate one publication against the policy, ready for Raft.
+    pub fn prepare(
+        &self,
+        channel: String,
+        event_type: String,
+        data: bytes::Bytes,
+        content_type: String,
+        idempotency_key: String,
+        headers: BTreeMap<String, String>,
+    ) -> Result<NewPublication, Rejection> {
+        let content_type = if content_type.is_empty() { "application/json".to_string() } else { content_type };
+        let ns = self
+            .namespaces
+            .check_publish(&channel, &event_type, &content_type, &data, &idempotency_key, headers.len())?;
+        Ok(NewPublication {
+            channel,
+            event_type,
+            data,
+            content_type,
+            idempotency_key,
+            headers,
+            history_size: ns.config.history_size,
+            history_ttl_ms: ns.config.history_ttl_secs.saturating_mul(1000),
+        })
+    }
+
+    /// Commit publications as one unit, or say where the leader is.
+    pub async fn publish(&self, items: Vec<NewPublication>) -> Result<PublishOutcome, Rejection> {
+        if self.stepping_down.load(Ordering::Relaxed) {
+            return Err(Rejection::SteppingDown);
+        }
+        match self.leader() {
+            None => return Err(Rejection::NoLeader),
+            Some((id, node)) if id != self.id => return Ok(PublishOutcome::Forward(id, node)),
+            Some(_) => {}
+        }
+        match self.proposer.propose(items).await {
+            Ok(accepted) => Ok(PublishOutcome::Done(accepted)),
+            Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id => Ok(PublishOutcome::Forward(id, node)),
+            Err(ProposeError::NotLeader(_)) => Err(Rejection::NoLeader),
+            Err(ProposeError::Stopped(e)) => Err(Rejection::RaftFatal(e)),
+        }
+    }
+
+    /// Make sure local reads reflect every write acknowledged before the
+    /// call: leader only.
+    pub async fn read_barrier(&self) -> Result<(), Rejection> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(_)) => Err(Rejection::NoLeader),
+            Err(RaftError::Fatal(f)) => Err(Rejection::RaftFatal(f.to_string())),
+        }
+    }
+
+    /// Read a channel's history from the applied state.
+    pub fn history(&self, channel: &str, since: Option<&Since>, limit: u32, reverse: bool) -> Result<HistoryPage, Rejection> {
+        let ns = self.namespaces.resolve(channel)?;
+        let max = self.namespaces.limits.max_history_limit;
+        let limit = if limit == 0 || limit > max { max } else { limit };
+        let ttl_ms = ns.config.history_ttl_secs.saturating_mul(1000);
+        let state = self.state.read().expect("state lock poisoned");
+        Ok(state.channels.history(channel, since, limit as usize, reverse, ttl_ms, now_ms()))
+    }
+
+    /// Run `f` over every channel whose name matches the glob.
+    pub fn channels<T>(&self, pattern: &str, mut f: impl FnMut(&str, &Channel) -> T) -> Vec<T> {
+        let state = self.state.read().expect("state lock poisoned");
+        state.channels.iter().filter(|(name, _)| glob(pattern, name)).map(|(n, c)| f(n, c)).collect()
+    }
+
+    /// Run `f` over one channel.
+    pub fn channel<T>(&self, name: &str, f: impl FnOnce(&Channel) -> T) -> Option<T> {
+        let state = self.state.read().expect("state lock poisoned");
+        state.channels.get(name).map(f)
+    }
+
+    /// Number of channels.
+    pub fn channel_count(&self) -> usize {
+        self.state.read().expect("state lock poisoned").channels.len()
+    }
+
+    /// Add a node: as a learner that catches up, then (if `voter`) a voter.
+    /// Leader only.
+    pub async fn add_node(&self, id: u64, grpc_addr: String, voter: bool) -> Result<(), Rejection> {
+        if id == 0 {
+            return Err(Rejection::Membership("node id must be greater than 0".into()));
+        }
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if let Some(existing) = membership.get_node(&id) {
+            if existing.grpc_addr != grpc_addr {
+                return Err(Rejection::Membership(format!(
+                    "node {id} is already a member at {}; remove it first",
+                    existing.grpc_addr
+                )));
+            }
+        } else {
+            self.raft
+                .add_learner(id, NodeInfo { grpc_addr }, true)
+                .await
+                .map_err(membership_error)?;
+        }
+        let is_voter = self.metrics().membership_config.membership().voter_ids().any(|v| v == id);
+        if voter && !is_voter {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(membership_error)?;
+        }
+        Ok(())
+    }
+
+    /// Remove a node from the cluster entirely. Leader only.
+    pub async fn remove_node(&self, id: u64) -> Result<(), Rejection> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(Rejection::Membership(format!("node {id} is not a member")));
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(Rejection::Membership("cannot remove the last voter".into()));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(membership_error)?;
+        } else {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(membership_error)?;
+        }
+        Ok(())
+    }
+
+    /// Voter and learner ids.
+    pub fn members(&self) -> (Vec<u64>, Vec<u64>) {
+        let m = self.metrics();
+        let ms = m.membership_config.membership();
+        (ms.voter_ids().collect(), ms.learner_ids().collect())
+    }
+
+    /// Hand leadership over before this node stops: refuse new publishes,
+    /// wait until every voter holds the whole log (so no acknowledged write
+    /// depends on this node), then ask the most caught-up voter to campaign.
+    pub async fn step_down(&self, wait: Duration) {
+        self.stepping_down.store(true, Ordering::Relaxed);
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut target = None;
+        while tokio::time::Instant::now() < deadline {
+            let m = self.metrics();
+            let last = m.last_log_index.unwrap_or(0);
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
+            if let Some(rep) = &m.replication {
+                let caught_up: Vec<u64> = voters
+                    .iter()
+                    .copied()
+                    .filter(|v| rep.get(v).and_then(|l| *l).is_some_and(|l| l.index >= last))
+                    .collect();
+                if !caught_up.is_empty() && caught_up.len() == voters.len() {
+                    target = caught_up.first().copied();
+                    break;
+                }
+                if target.is_none() {
+                    target = caught_up.first().copied();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let Some(target) = target else { return };
+        let Some(node) = self.metrics().membership_config.membership().get_node(&target).cloned() else { return };
+        if let Ok(mut admin) = self.outbound.admin(&node.grpc_addr) {
+            let req = herald_proto::v1::CampaignRequest { from_leader: self.id };
+            let _ = tokio::time::timeout(Duration::from_secs(1), admin.campaign(req)).await;
+        }
+        tracing::info!(target, "handed leadership over");
+    }
+
+    /// Campaign for leadership once the old leader's lease runs out (it
+    /// asked us to, because it is stopping). Gives up as soon as any leader
+    /// other than the old one is known.
+    pub fn campaign(&self, old_leader: u64) {
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                let m = raft.metrics().borrow().clone();
+                if m.state == ServerState::Leader || m.current_leader.is_some_and(|l| l != old_leader) {
+                    return;
+                }
+                let _ = raft.trigger().elect().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+}
+
+fn membership_error(e: RaftError<u64, ClientWriteError<u64, NodeInfo>>) -> Rejection {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Rejection::NoLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Rejection::Membership(match c {
+            ChangeMembershipError::InProgress(_) => "another membership change is in progress; retry".into(),
+            other => other.to_string(),
+        }),
+        RaftError::Fatal(f) => Rejection::RaftFatal(f.to_string()),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Glob match: `*` any run, `?` one character; empty pattern matches all.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    if pattern.is_empty() {
+        return true;
+    }
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs() {
+        assert!(glob("", "x"));
+        assert!(glob("chat:*", "chat:room"));
+        assert!(!glob("chat:*", "news:room"));
+        assert!(glob("c?at:*7", "chat:room-7"));
+        assert!(glob("*", ""));
+        assert!(!glob("a", "ab"));
+    }
+}

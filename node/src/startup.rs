@@ -1,0 +1,107 @@
+//! How a node with an empty disk finds its cluster: join through a member
+//! (`--join`), or bootstrap from the static peer list, but only as the
+//! lowest listed id and only when no listed peer already belongs to a
+//! cluster (a node whose disk was wiped must rejoin, never fork a new one).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use herald_proto::v1::{AddNodeRequest, ClusterStatusRequest};
+
+use crate::config::NodeConfig;
+use crate::grpc::outbound::Outbound;
+use crate::raft::{NodeInfo, Raft};
+
+/// Bootstrap, join or do nothing (already initialized).
+pub(crate) async fn bootstrap_or_join(config: NodeConfig, raft: Raft, outbound: Outbound) {
+    match raft.is_initialized().await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!("raft stopped before start-up: {e}");
+            return;
+        }
+    }
+    if let Some(join) = &config.join {
+        join_cluster(&config, join, &outbound).await;
+        return;
+    }
+    let lowest = config.peers.keys().next().copied();
+    if lowest != Some(config.id) {
+        tracing::info!("waiting for the bootstrap node to contact this one");
+        return;
+    }
+    loop {
+        match any_peer_in_cluster(&config, &outbound).await {
+            Some(peer) => {
+                tracing::info!(peer, "a peer already belongs to a cluster; waiting to be replicated to");
+                return;
+            }
+            None => {
+                let members: BTreeMap<u64, NodeInfo> = config
+                    .peers
+                    .iter()
+                    .map(|(id, addr)| (*id, NodeInfo { grpc_addr: addr.clone() }))
+                    .collect();
+                match raft.initialize(members).await {
+                    Ok(()) => {
+                        tracing::info!("bootstrapped a new cluster");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!("bootstrap: {e}");
+                        if raft.is_initialized().await.unwrap_or(true) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn any_peer_in_cluster(config: &NodeConfig, outbound: &Outbound) -> Option<u64> {
+    for (id, addr) in &config.peers {
+        if *id == config.id {
+            continue;
+        }
+        let Ok(mut client) = outbound.publisher(addr) else { continue };
+        let mut req = tonic::Request::new(ClusterStatusRequest {});
+        req.set_timeout(Duration::from_millis(500));
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(1), client.cluster_status(req)).await {
+            if !status.into_inner().members.is_empty() {
+                return Some(*id);
+            }
+        }
+    }
+    None
+}
+
+async fn join_cluster(config: &NodeConfig, via: &str, outbound: &Outbound) {
+    let voter = !config.learner;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let result = match outbound.admin(via) {
+            Ok(mut admin) => admin
+                .add_node(AddNodeRequest { id: config.id, grpc_addr: config.advertise.clone(), voter })
+                .await
+                .map_err(|s| s.message().to_string()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(r) => {
+                let r = r.into_inner();
+                tracing::info!(voters = ?r.voters, learners = ?r.learners, "joined the cluster via {via}");
+                return;
+            }
+            Err(e) => {
+                if attempt == 1 || attempt % 10 == 0 {
+                    tracing::warn!(attempt, "joining via {via}: {e}; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
