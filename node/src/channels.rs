@@ -14,7 +14,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Position of a publication in its channel: +1 per publication, from 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Offset(pub u64);
 
 /// Identity of one continuous history of a channel. It changes only when the
@@ -119,11 +121,18 @@ pub struct Channel {
 
 impl Channel {
     fn new(epoch: Epoch) -> Self {
-        Self { epoch, last_offset: Offset(0), last_published_at_ms: 0, history: VecDeque::new() }
+        Self {
+            epoch,
+            last_offset: Offset(0),
+            last_published_at_ms: 0,
+            history: VecDeque::new(),
+        }
     }
 
     /// Publications retained, oldest first.
-    pub fn history(&self) -> impl DoubleEndedIterator<Item = &StoredPublication> + ExactSizeIterator {
+    pub fn history(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = &StoredPublication> + ExactSizeIterator {
         self.history.iter()
     }
 
@@ -133,7 +142,11 @@ impl Channel {
         }
         if ttl_ms > 0 {
             let cutoff = now_ms.saturating_sub(ttl_ms as i64);
-            while self.history.front().is_some_and(|p| p.published_at_ms < cutoff) {
+            while self
+                .history
+                .front()
+                .is_some_and(|p| p.published_at_ms < cutoff)
+            {
                 self.history.pop_front();
             }
         }
@@ -243,10 +256,16 @@ impl ChannelTable {
             };
             if let Some(k) = key {
                 let expires = now.saturating_add(p.idempotency_window_ms as i64);
-                self.idempotency.expiry.push_back((expires, k.0.clone(), k.1.clone()));
+                self.idempotency
+                    .expiry
+                    .push_back((expires, k.0.clone(), k.1.clone()));
                 self.idempotency.seen.insert(
                     k,
-                    Remembered { offset: accepted.offset, epoch: accepted.epoch.clone(), published_at_ms: now },
+                    Remembered {
+                        offset: accepted.offset,
+                        epoch: accepted.epoch.clone(),
+                        published_at_ms: now,
+                    },
                 );
             }
             out.push(accepted);
@@ -298,8 +317,16 @@ impl ChannelTable {
                 first_offset: Offset(0),
             };
         };
-        let cutoff = if ttl_ms > 0 { now_ms.saturating_sub(ttl_ms as i64) } else { i64::MIN };
-        let live: Vec<&StoredPublication> = ch.history.iter().filter(|p| p.published_at_ms >= cutoff).collect();
+        let cutoff = if ttl_ms > 0 {
+            now_ms.saturating_sub(ttl_ms as i64)
+        } else {
+            i64::MIN
+        };
+        let live: Vec<&StoredPublication> = ch
+            .history
+            .iter()
+            .filter(|p| p.published_at_ms >= cutoff)
+            .collect();
         let first_offset = live.first().map_or(Offset(0), |p| p.offset);
         let (in_window, after) = match since {
             None => (true, Offset(0)),
@@ -309,7 +336,8 @@ impl ChannelTable {
                 // Continuous if the next offset the reader needs is retained,
                 // or it already has everything.
                 let next = s.offset.0 + 1;
-                let ok = s.offset == ch.last_offset || (first_offset.0 != 0 && first_offset.0 <= next);
+                let ok =
+                    s.offset == ch.last_offset || (first_offset.0 != 0 && first_offset.0 <= next);
                 (ok, s.offset)
             }
         };
@@ -330,7 +358,13 @@ impl ChannelTable {
             live.into_iter().skip(skip).cloned().collect()
         };
         publications.shrink_to_fit();
-        HistoryPage { publications, epoch: ch.epoch.clone(), offset: ch.last_offset, in_window, first_offset }
+        HistoryPage {
+            publications,
+            epoch: ch.epoch.clone(),
+            offset: ch.last_offset,
+            in_window,
+            first_offset,
+        }
     }
 }
 
@@ -354,14 +388,25 @@ mod tests {
     }
 
     fn proposal(at: i64, items: Vec<NewPublication>) -> Proposal {
-        Proposal { published_at_ms: at, nonce: at as u64, idempotency_window_ms: 1000, items }
+        Proposal {
+            published_at_ms: at,
+            nonce: at as u64,
+            idempotency_window_ms: 1000,
+            items,
+        }
     }
 
     #[test]
     fn offsets_increase_per_channel_and_epoch_is_stable() {
         let mut t = ChannelTable::default();
-        let a = t.apply(&proposal(1, vec![item("a", "", 10), item("b", "", 10), item("a", "", 10)]));
-        assert_eq!(a.iter().map(|x| x.offset.0).collect::<Vec<_>>(), vec![1, 1, 2]);
+        let a = t.apply(&proposal(
+            1,
+            vec![item("a", "", 10), item("b", "", 10), item("a", "", 10)],
+        ));
+        assert_eq!(
+            a.iter().map(|x| x.offset.0).collect::<Vec<_>>(),
+            vec![1, 1, 2]
+        );
         assert_eq!(a[0].epoch, a[2].epoch);
         let b = t.apply(&proposal(2, vec![item("a", "", 10)]));
         assert_eq!(b[0].offset, Offset(3));
@@ -393,18 +438,41 @@ mod tests {
         let page = t.history("a", None, 100, false, 0, 0);
         assert_eq!(page.first_offset, Offset(6));
         assert_eq!(page.publications.len(), 5);
-        let s = |o| Since { offset: Offset(o), epoch: epoch.clone() };
+        let s = |o| Since {
+            offset: Offset(o),
+            epoch: epoch.clone(),
+        };
         assert!(t.history("a", Some(&s(5)), 100, false, 0, 0).in_window);
-        assert_eq!(t.history("a", Some(&s(7)), 100, false, 0, 0).publications[0].offset, Offset(8));
+        assert_eq!(
+            t.history("a", Some(&s(7)), 100, false, 0, 0).publications[0].offset,
+            Offset(8)
+        );
         assert!(!t.history("a", Some(&s(4)), 100, false, 0, 0).in_window);
         assert!(t.history("a", Some(&s(10)), 100, false, 0, 0).in_window);
         assert!(!t.history("a", Some(&s(11)), 100, false, 0, 0).in_window);
-        let wrong = Since { offset: Offset(8), epoch: Epoch("other".into()) };
+        let wrong = Since {
+            offset: Offset(8),
+            epoch: Epoch("other".into()),
+        };
         assert!(!t.history("a", Some(&wrong), 100, false, 0, 0).in_window);
         let newest = t.history("a", None, 2, true, 0, 0);
-        assert_eq!(newest.publications.iter().map(|p| p.offset.0).collect::<Vec<_>>(), vec![10, 9]);
+        assert_eq!(
+            newest
+                .publications
+                .iter()
+                .map(|p| p.offset.0)
+                .collect::<Vec<_>>(),
+            vec![10, 9]
+        );
         let newest_asc = t.history("a", None, 2, false, 0, 0);
-        assert_eq!(newest_asc.publications.iter().map(|p| p.offset.0).collect::<Vec<_>>(), vec![9, 10]);
+        assert_eq!(
+            newest_asc
+                .publications
+                .iter()
+                .map(|p| p.offset.0)
+                .collect::<Vec<_>>(),
+            vec![9, 10]
+        );
     }
 
     #[test]
@@ -414,7 +482,10 @@ mod tests {
         it.history_ttl_ms = 10;
         t.apply(&proposal(0, vec![it.clone()]));
         t.apply(&proposal(5, vec![it.clone()]));
-        assert_eq!(t.history("a", None, 10, false, 10, 12).publications.len(), 1);
+        assert_eq!(
+            t.history("a", None, 10, false, 10, 12).publications.len(),
+            1
+        );
         t.apply(&proposal(20, vec![it]));
         assert_eq!(t.get("a").unwrap().history().len(), 1);
     }

@@ -18,7 +18,11 @@ use crate::namespace::{Limits, NamespaceConfig, Namespaces};
 
 /// Flags of `herald-node`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "herald-node", version, about = "Herald node: Raft-replicated channels and the gRPC publish API")]
+#[command(
+    name = "herald-node",
+    version,
+    about = "Herald node: Raft-replicated channels and the gRPC publish API"
+)]
 pub struct NodeArgs {
     /// This node's Raft id (unique in the cluster, > 0). In a Kubernetes
     /// StatefulSet, `--id-from-hostname` derives it from the pod ordinal instead.
@@ -145,7 +149,10 @@ pub struct ConfigError {
 }
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), reason: reason.into() }
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// The TOML file's shape.
@@ -162,7 +169,12 @@ impl NodeArgs {
     /// Validate the flags and read the policy file.
     pub fn into_config(self) -> Result<NodeConfig, ConfigError> {
         let id = match (self.id, self.id_from_hostname) {
-            (Some(_), true) => return Err(bad("--id", "give either --id or --id-from-hostname, not both")),
+            (Some(_), true) => {
+                return Err(bad(
+                    "--id",
+                    "give either --id or --id-from-hostname, not both",
+                ));
+            }
             (Some(0), _) => return Err(bad("--id", "must be greater than 0")),
             (Some(id), false) => id,
             (None, true) => id_from_hostname()?,
@@ -189,12 +201,17 @@ impl NodeArgs {
             return Err(bad("--peers", format!("does not list this node's id {id}")));
         }
         if peers.is_empty() && self.join.is_none() {
-            return Err(bad("--peers", "give --peers (bootstrap) or --join (existing cluster)"));
+            return Err(bad(
+                "--peers",
+                "give --peers (bootstrap) or --join (existing cluster)",
+            ));
         }
         if let Some(j) = &self.join {
             check_host_port("--join", j)?;
         }
-        let advertise = self.advertise.unwrap_or_else(|| self.grpc_listen.to_string());
+        let advertise = self
+            .advertise
+            .unwrap_or_else(|| self.grpc_listen.to_string());
         check_host_port("--advertise", &advertise)?;
         if let Some(listed) = peers.get(&id) {
             if listed != &advertise && self.grpc_listen.to_string() != *listed {
@@ -204,7 +221,11 @@ impl NodeArgs {
                 ));
             }
         }
-        let mut api_keys: Vec<String> = self.api_keys.into_iter().filter(|k| !k.is_empty()).collect();
+        let mut api_keys: Vec<String> = self
+            .api_keys
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .collect();
         if let Some(path) = &self.api_keys_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| bad("--api-keys-file", format!("{}: {e}", path.display())))?;
@@ -225,7 +246,10 @@ impl NodeArgs {
             return Err(bad("--heartbeat-ms", "must be greater than 0"));
         }
         if self.election_timeout_ms <= self.heartbeat_ms * 2 {
-            return Err(bad("--election-timeout-ms", "must be more than twice --heartbeat-ms"));
+            return Err(bad(
+                "--election-timeout-ms",
+                "must be more than twice --heartbeat-ms",
+            ));
         }
         if self.snapshot_every < 10 {
             return Err(bad("--snapshot-every", "must be at least 10"));
@@ -235,7 +259,8 @@ impl NodeArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
-                toml::from_str(&text).map_err(|e| bad(format!("--config {}", path.display()), e.to_string()))?
+                toml::from_str(&text)
+                    .map_err(|e| bad(format!("--config {}", path.display()), e.to_string()))?
             }
         };
         let namespaces = Namespaces::new(policy.limits.unwrap_or_default(), policy.namespaces)?;
@@ -274,7 +299,12 @@ fn id_from_hostname() -> Result<u64, ConfigError> {
     let ordinal = host
         .rsplit_once('-')
         .and_then(|(_, n)| n.parse::<u64>().ok())
-        .ok_or_else(|| bad("--id-from-hostname", format!("host name `{host}` does not end in -<ordinal>")))?;
+        .ok_or_else(|| {
+            bad(
+                "--id-from-hostname",
+                format!("host name `{host}` does not end in -<ordinal>"),
+            )
+        })?;
     Ok(ordinal + 1)
 }
 

@@ -25,7 +25,10 @@ pub fn router(replica: Arc<Replica>, prometheus: PrometheusHandle) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(Ops { replica, prometheus })
+        .with_state(Ops {
+            replica,
+            prometheus,
+        })
 }
 
 async fn metrics(State(ops): State<Ops>) -> String {
@@ -41,8 +44,15 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
         let m = r.metrics();
         let why = match m.current_leader {
             None => "no leader known".to_string(),
-            Some(_) => format!("applied {} of committed {}", r.applied_index(), r.committed_index()),
+            Some(_) => format!(
+                "applied {} of committed {}",
+                r.applied_index(),
+                r.committed_index()
+            ),
         };
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
     }
 }

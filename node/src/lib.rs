@@ -63,7 +63,8 @@ pub async fn run(
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("herald.redb");
     let db = Arc::new(
-        redb::Database::create(&db_path).with_context(|| format!("opening {}", db_path.display()))?,
+        redb::Database::create(&db_path)
+            .with_context(|| format!("opening {}", db_path.display()))?,
     );
     let log = LogStore::open(db.clone()).context("opening the raft log")?;
     let sm = StateMachine::open(db).context("opening the state machine")?;
@@ -83,9 +84,15 @@ pub async fn run(
     let outbound = Outbound::new(config.api_keys.first().map(String::as_str));
     let state = sm.state();
     let applied = sm.applied_index();
-    let raft = raft::Raft::new(config.id, Arc::new(raft_config), Network::new(outbound.clone()), log.clone(), sm)
-        .await
-        .context("starting raft")?;
+    let raft = raft::Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        Network::new(outbound.clone()),
+        log.clone(),
+        sm,
+    )
+    .await
+    .context("starting raft")?;
     let replica = Arc::new(Replica::new(
         config.id,
         raft.clone(),
@@ -94,6 +101,7 @@ pub async fn run(
         state,
         applied,
         log,
+        config.election_timeout,
     ));
 
     let keys = ApiKeys::new(config.api_keys.clone(), config.allow_unauthenticated);
@@ -118,19 +126,34 @@ pub async fn run(
     };
     let grpc_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(tonic::service::interceptor::InterceptedService::new(publisher, keys.clone()))
-        .add_service(tonic::service::interceptor::InterceptedService::new(admin, keys.clone()))
-        .add_service(tonic::service::interceptor::InterceptedService::new(raft_rpc, keys))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            publisher,
+            keys.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            admin,
+            keys.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            raft_rpc, keys,
+        ))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            stopped(stop_rx.clone()),
+        );
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(
         axum::serve(listeners.http, http::router(replica.clone(), prometheus))
             .with_graceful_shutdown(stopped(stop_rx))
             .into_future(),
     );
-    let membership_task = tokio::spawn(startup::bootstrap_or_join(config.clone(), raft.clone(), outbound));
+    let membership_task = tokio::spawn(startup::bootstrap_or_join(
+        config.clone(),
+        raft.clone(),
+        outbound,
+    ));
     tracing::info!(id = config.id, grpc = %config.grpc_listen, http = %config.http_listen, "node started");
 
     shutdown.await;

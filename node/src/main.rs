@@ -20,7 +20,9 @@ async fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|_| "info".into()),
+        )
         .with_target(false)
         .init();
     match start(config).await {
@@ -40,7 +42,13 @@ async fn start(config: herald_node::config::NodeConfig) -> anyhow::Result<()> {
     let http = TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| anyhow::anyhow!("--http-listen {}: {e}", config.http_listen))?;
-    run(config, Listeners { grpc, http }, prometheus, shutdown_signal()).await
+    run(
+        config,
+        Listeners { grpc, http },
+        prometheus,
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn shutdown_signal() {

@@ -92,24 +92,33 @@ pub struct Namespace {
 impl Namespace {
     /// History time-to-live, `None` for unbounded.
     pub fn history_ttl(&self) -> Option<Duration> {
-        (self.config.history_ttl_secs > 0).then(|| Duration::from_secs(self.config.history_ttl_secs))
+        (self.config.history_ttl_secs > 0)
+            .then(|| Duration::from_secs(self.config.history_ttl_secs))
     }
 
     /// Check a JSON payload against the schema of its event type, if any.
-    pub fn check_payload(&self, event_type: &str, content_type: &str, data: &[u8]) -> Result<(), Rejection> {
+    pub fn check_payload(
+        &self,
+        event_type: &str,
+        content_type: &str,
+        data: &[u8],
+    ) -> Result<(), Rejection> {
         let Some(validator) = self.validators.get(event_type) else {
             return Ok(());
         };
         if !is_json(content_type) {
             return Err(Rejection::SchemaViolation {
                 path: String::new(),
-                message: format!("event type `{event_type}` has a schema, so its content type must be JSON"),
+                message: format!(
+                    "event type `{event_type}` has a schema, so its content type must be JSON"
+                ),
             });
         }
-        let value: serde_json::Value = serde_json::from_slice(data).map_err(|e| Rejection::SchemaViolation {
-            path: String::new(),
-            message: format!("payload is not valid JSON: {e}"),
-        })?;
+        let value: serde_json::Value =
+            serde_json::from_slice(data).map_err(|e| Rejection::SchemaViolation {
+                path: String::new(),
+                message: format!("payload is not valid JSON: {e}"),
+            })?;
         match validator.iter_errors(&value).next() {
             None => Ok(()),
             Some(err) => Err(Rejection::SchemaViolation {
@@ -121,7 +130,9 @@ impl Namespace {
 }
 
 fn is_json(content_type: &str) -> bool {
-    content_type.is_empty() || content_type.starts_with("application/json") || content_type.ends_with("+json")
+    content_type.is_empty()
+        || content_type.starts_with("application/json")
+        || content_type.ends_with("+json")
 }
 
 /// Every namespace plus the limits: the cluster's channel policy.
@@ -135,24 +146,42 @@ pub struct Namespaces {
 impl Namespaces {
     /// Compile the policy; adds a default namespace with default settings
     /// when the file does not configure one.
-    pub fn new(limits: Limits, mut configs: BTreeMap<String, NamespaceConfig>) -> Result<Self, ConfigError> {
+    pub fn new(
+        limits: Limits,
+        mut configs: BTreeMap<String, NamespaceConfig>,
+    ) -> Result<Self, ConfigError> {
         configs.entry(DEFAULT_NAMESPACE.to_string()).or_default();
         if limits.max_channel_len == 0 || limits.max_channel_len > 1024 {
-            return Err(ConfigError::policy("limits.max_channel_len", "must be between 1 and 1024"));
+            return Err(ConfigError::policy(
+                "limits.max_channel_len",
+                "must be between 1 and 1024",
+            ));
         }
         if limits.max_payload_bytes == 0 || limits.max_payload_bytes > 16 * 1024 * 1024 {
-            return Err(ConfigError::policy("limits.max_payload_bytes", "must be between 1 and 16 MiB"));
+            return Err(ConfigError::policy(
+                "limits.max_payload_bytes",
+                "must be between 1 and 16 MiB",
+            ));
         }
         if limits.max_batch == 0 {
-            return Err(ConfigError::policy("limits.max_batch", "must be greater than 0"));
+            return Err(ConfigError::policy(
+                "limits.max_batch",
+                "must be greater than 0",
+            ));
         }
         if limits.max_history_limit == 0 {
-            return Err(ConfigError::policy("limits.max_history_limit", "must be greater than 0"));
+            return Err(ConfigError::policy(
+                "limits.max_history_limit",
+                "must be greater than 0",
+            ));
         }
         let mut by_name = BTreeMap::new();
         for (name, config) in configs {
             if !valid_name_chars(&name) || name.contains(':') || name.is_empty() {
-                return Err(ConfigError::policy(format!("namespaces.{name}"), "invalid namespace name"));
+                return Err(ConfigError::policy(
+                    format!("namespaces.{name}"),
+                    "invalid namespace name",
+                ));
             }
             if config.history_size > 1_000_000 {
                 return Err(ConfigError::policy(
@@ -163,13 +192,26 @@ impl Namespaces {
             let mut validators = BTreeMap::new();
             for (event_type, schema) in &config.schemas {
                 let v = jsonschema::validator_for(schema).map_err(|e| {
-                    ConfigError::policy(format!("namespaces.{name}.schemas.{event_type}"), e.to_string())
+                    ConfigError::policy(
+                        format!("namespaces.{name}.schemas.{event_type}"),
+                        e.to_string(),
+                    )
                 })?;
                 validators.insert(event_type.clone(), v);
             }
-            by_name.insert(name.clone(), Namespace { name, config, validators });
+            by_name.insert(
+                name.clone(),
+                Namespace {
+                    name,
+                    config,
+                    validators,
+                },
+            );
         }
-        Ok(Self { limits, by_name: Arc::new(by_name) })
+        Ok(Self {
+            limits,
+            by_name: Arc::new(by_name),
+        })
     }
 
     /// The namespace a channel belongs to, after checking the channel name.
@@ -181,7 +223,9 @@ impl Namespaces {
         };
         self.by_name
             .get(ns)
-            .ok_or_else(|| Rejection::UnknownNamespace { namespace: ns.to_string() })
+            .ok_or_else(|| Rejection::UnknownNamespace {
+                namespace: ns.to_string(),
+            })
     }
 
     /// Check everything about one publish that does not need Raft state.
@@ -196,13 +240,20 @@ impl Namespaces {
     ) -> Result<&Namespace, Rejection> {
         let ns = self.resolve(channel)?;
         if data.len() > self.limits.max_payload_bytes {
-            return Err(Rejection::PayloadTooLarge { size: data.len(), max: self.limits.max_payload_bytes });
+            return Err(Rejection::PayloadTooLarge {
+                size: data.len(),
+                max: self.limits.max_payload_bytes,
+            });
         }
         if idempotency_key.len() > self.limits.max_idempotency_key_len {
-            return Err(Rejection::IdempotencyKeyTooLong { max: self.limits.max_idempotency_key_len });
+            return Err(Rejection::IdempotencyKeyTooLong {
+                max: self.limits.max_idempotency_key_len,
+            });
         }
         if headers > self.limits.max_headers {
-            return Err(Rejection::TooManyHeaders { max: self.limits.max_headers });
+            return Err(Rejection::TooManyHeaders {
+                max: self.limits.max_headers,
+            });
         }
         if event_type.len() > 128 {
             return Err(Rejection::EventTypeTooLong { max: 128 });
@@ -218,8 +269,13 @@ impl Namespaces {
 }
 
 fn valid_name_chars(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'/' | b'=' | b'#' | b'$'))
+    s.bytes().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'_' | b'-' | b'.' | b':' | b'@' | b'/' | b'=' | b'#' | b'$'
+            )
+    })
 }
 
 /// Channel names: 1..=max bytes of `[A-Za-z0-9_-.:@/=#$]`, at most one `:`
@@ -229,10 +285,15 @@ pub fn check_channel_name(channel: &str, max_len: usize) -> Result<(), Rejection
         return Err(Rejection::ChannelEmpty);
     }
     if channel.len() > max_len {
-        return Err(Rejection::ChannelTooLong { len: channel.len(), max: max_len });
+        return Err(Rejection::ChannelTooLong {
+            len: channel.len(),
+            max: max_len,
+        });
     }
     if !valid_name_chars(channel) {
-        return Err(Rejection::ChannelInvalid { reason: "allowed characters are A-Z a-z 0-9 _ - . : @ / = # $" });
+        return Err(Rejection::ChannelInvalid {
+            reason: "allowed characters are A-Z a-z 0-9 _ - . : @ / = # $",
+        });
     }
     if let Some((ns, name)) = channel.split_once(':') {
         if ns.is_empty() || name.is_empty() || name.contains(':') {
@@ -263,11 +324,26 @@ mod tests {
 
     #[test]
     fn channel_names() {
-        assert!(matches!(check_channel_name("", 10), Err(Rejection::ChannelEmpty)));
-        assert!(matches!(check_channel_name("abcdefghijk", 10), Err(Rejection::ChannelTooLong { .. })));
-        assert!(matches!(check_channel_name("a b", 10), Err(Rejection::ChannelInvalid { .. })));
-        assert!(matches!(check_channel_name(":x", 10), Err(Rejection::ChannelInvalid { .. })));
-        assert!(matches!(check_channel_name("a:b:c", 10), Err(Rejection::ChannelInvalid { .. })));
+        assert!(matches!(
+            check_channel_name("", 10),
+            Err(Rejection::ChannelEmpty)
+        ));
+        assert!(matches!(
+            check_channel_name("abcdefghijk", 10),
+            Err(Rejection::ChannelTooLong { .. })
+        ));
+        assert!(matches!(
+            check_channel_name("a b", 10),
+            Err(Rejection::ChannelInvalid { .. })
+        ));
+        assert!(matches!(
+            check_channel_name(":x", 10),
+            Err(Rejection::ChannelInvalid { .. })
+        ));
+        assert!(matches!(
+            check_channel_name("a:b:c", 10),
+            Err(Rejection::ChannelInvalid { .. })
+        ));
         assert!(check_channel_name("chat:r-7", 10).is_ok());
     }
 
@@ -276,15 +352,24 @@ mod tests {
         let p = policy();
         assert_eq!(p.resolve("room").unwrap().name, "default");
         assert_eq!(p.resolve("chat:room").unwrap().name, "chat");
-        assert!(matches!(p.resolve("nope:room"), Err(Rejection::UnknownNamespace { .. })));
+        assert!(matches!(
+            p.resolve("nope:room"),
+            Err(Rejection::UnknownNamespace { .. })
+        ));
     }
 
     #[test]
     fn schema_names_failing_path() {
         let p = policy();
         let ns = p.resolve("chat:a").unwrap();
-        assert!(ns.check_payload("message", "application/json", br#"{"text":"hi"}"#).is_ok());
-        assert!(ns.check_payload("other", "application/json", b"not json").is_ok());
+        assert!(
+            ns.check_payload("message", "application/json", br#"{"text":"hi"}"#)
+                .is_ok()
+        );
+        assert!(
+            ns.check_payload("other", "application/json", b"not json")
+                .is_ok()
+        );
         match ns.check_payload("message", "application/json", br#"{"text":"too long"}"#) {
             Err(Rejection::SchemaViolation { path, .. }) => assert_eq!(path, "/text"),
             other => panic!("{other:?}"),

@@ -55,12 +55,15 @@ impl Proposer {
             .send(Pending { items, reply })
             .await
             .map_err(|_| ProposeError::Stopped("proposer stopped".into()))?;
-        rx.await.map_err(|_| ProposeError::Stopped("proposal dropped".into()))?
+        rx.await
+            .map_err(|_| ProposeError::Stopped("proposal dropped".into()))?
     }
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, idempotency_window_ms: u64) {
@@ -69,7 +72,9 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, idempotency_window_ms:
     while let Some(first) = rx.recv().await {
         // Wait for a slot first: while waiting, more publishes queue up and
         // join this entry.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let mut n = first.items.len();
         let mut batch = vec![first];
         while n < MAX_ITEMS_PER_ENTRY {
@@ -90,7 +95,12 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, idempotency_window_ms:
             items.extend(p.items);
         }
         metrics::histogram!("herald_publish_batch_items").record(items.len() as f64);
-        let proposal = Proposal { published_at_ms: last_ms, nonce: rand::random(), idempotency_window_ms, items };
+        let proposal = Proposal {
+            published_at_ms: last_ms,
+            nonce: rand::random(),
+            idempotency_window_ms,
+            items,
+        };
         match raft.client_write_ff(Command::Publish(proposal)).await {
             Err(fatal) => {
                 for (_, reply) in waiters {
@@ -102,7 +112,9 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, idempotency_window_ms:
                     let outcome = match result.await {
                         Ok(Ok(resp)) => match resp.data {
                             CommandResult::Published(accepted) => Ok(accepted),
-                            CommandResult::None => Err(ProposeError::Stopped("unexpected apply result".into())),
+                            CommandResult::None => {
+                                Err(ProposeError::Stopped("unexpected apply result".into()))
+                            }
                         },
                         Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
                             Err(ProposeError::NotLeader(f.leader_id.zip(f.leader_node)))

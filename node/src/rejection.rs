@@ -147,7 +147,10 @@ impl Rejection {
     pub fn code(&self) -> Code {
         match self {
             Self::ChannelNotFound { .. } => Code::NotFound,
-            Self::NoLeader | Self::SteppingDown | Self::LeaderUnreachable(_) | Self::RaftFatal(_) => Code::Unavailable,
+            Self::NoLeader
+            | Self::SteppingDown
+            | Self::LeaderUnreachable(_)
+            | Self::RaftFatal(_) => Code::Unavailable,
             Self::Membership(_) => Code::FailedPrecondition,
             Self::ApiKeyMissing | Self::ApiKeyInvalid => Code::Unauthenticated,
             Self::BatchItem { inner, .. } => inner.code(),
@@ -164,7 +167,9 @@ impl Rejection {
                 m
             }
             Self::UnknownNamespace { namespace } => vec![("namespace".into(), namespace.clone())],
-            Self::PayloadTooLarge { max, .. } | Self::ChannelTooLong { max, .. } | Self::BatchTooLarge { max, .. } => {
+            Self::PayloadTooLarge { max, .. }
+            | Self::ChannelTooLong { max, .. }
+            | Self::BatchTooLarge { max, .. } => {
                 vec![("max".into(), max.to_string())]
             }
             _ => vec![],
@@ -177,7 +182,9 @@ impl From<Rejection> for Status {
         let mut details = ErrorDetails::with_error_info(
             r.reason(),
             herald_proto::ERROR_DOMAIN,
-            r.metadata().into_iter().collect::<std::collections::HashMap<_, _>>(),
+            r.metadata()
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
         );
         if r.code() == Code::Unavailable {
             details.set_retry_info(Some(Duration::from_millis(250)));

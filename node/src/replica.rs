@@ -46,6 +46,7 @@ pub struct Replica {
     log: LogStore,
     proposer: Proposer,
     stepping_down: AtomicBool,
+    election_timeout: Duration,
 }
 
 /// A snapshot of Raft's view, for status and health.
@@ -61,6 +62,7 @@ impl Replica {
         state: Arc<RwLock<Applied>>,
         applied: watch::Receiver<u64>,
         log: LogStore,
+        election_timeout: Duration,
     ) -> Self {
         let committed = log.committed_index();
         let window_ms = namespaces.limits.idempotency_window_secs * 1000;
@@ -76,6 +78,7 @@ impl Replica {
             log,
             proposer,
             stepping_down: AtomicBool::new(false),
+            election_timeout,
         }
     }
 
@@ -127,10 +130,19 @@ impl Replica {
         idempotency_key: String,
         headers: BTreeMap<String, String>,
     ) -> Result<NewPublication, Rejection> {
-        let content_type = if content_type.is_empty() { "application/json".to_string() } else { content_type };
-        let ns = self
-            .namespaces
-            .check_publish(&channel, &event_type, &content_type, &data, &idempotency_key, headers.len())?;
+        let content_type = if content_type.is_empty() {
+            "application/json".to_string()
+        } else {
+            content_type
+        };
+        let ns = self.namespaces.check_publish(
+            &channel,
+            &event_type,
+            &content_type,
+            &data,
+            &idempotency_key,
+            headers.len(),
+        )?;
         Ok(NewPublication {
             channel,
             event_type,
@@ -155,7 +167,9 @@ impl Replica {
         }
         match self.proposer.propose(items).await {
             Ok(accepted) => Ok(PublishOutcome::Done(accepted)),
-            Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id => Ok(PublishOutcome::Forward(id, node)),
+            Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id => {
+                Ok(PublishOutcome::Forward(id, node))
+            }
             Err(ProposeError::NotLeader(_)) => Err(Rejection::NoLeader),
             Err(ProposeError::Stopped(e)) => Err(Rejection::RaftFatal(e)),
         }
@@ -172,19 +186,36 @@ impl Replica {
     }
 
     /// Read a channel's history from the applied state.
-    pub fn history(&self, channel: &str, since: Option<&Since>, limit: u32, reverse: bool) -> Result<HistoryPage, Rejection> {
+    pub fn history(
+        &self,
+        channel: &str,
+        since: Option<&Since>,
+        limit: u32,
+        reverse: bool,
+    ) -> Result<HistoryPage, Rejection> {
         let ns = self.namespaces.resolve(channel)?;
         let max = self.namespaces.limits.max_history_limit;
-        let limit = if limit == 0 || limit > max { max } else { limit };
+        let limit = if limit == 0 || limit > max {
+            max
+        } else {
+            limit
+        };
         let ttl_ms = ns.config.history_ttl_secs.saturating_mul(1000);
         let state = self.state.read().expect("state lock poisoned");
-        Ok(state.channels.history(channel, since, limit as usize, reverse, ttl_ms, now_ms()))
+        Ok(state
+            .channels
+            .history(channel, since, limit as usize, reverse, ttl_ms, now_ms()))
     }
 
     /// Run `f` over every channel whose name matches the glob.
     pub fn channels<T>(&self, pattern: &str, mut f: impl FnMut(&str, &Channel) -> T) -> Vec<T> {
         let state = self.state.read().expect("state lock poisoned");
-        state.channels.iter().filter(|(name, _)| glob(pattern, name)).map(|(n, c)| f(n, c)).collect()
+        state
+            .channels
+            .iter()
+            .filter(|(name, _)| glob(pattern, name))
+            .map(|(n, c)| f(n, c))
+            .collect()
     }
 
     /// Run `f` over one channel.
@@ -195,14 +226,20 @@ impl Replica {
 
     /// Number of channels.
     pub fn channel_count(&self) -> usize {
-        self.state.read().expect("state lock poisoned").channels.len()
+        self.state
+            .read()
+            .expect("state lock poisoned")
+            .channels
+            .len()
     }
 
     /// Add a node: as a learner that catches up, then (if `voter`) a voter.
     /// Leader only.
     pub async fn add_node(&self, id: u64, grpc_addr: String, voter: bool) -> Result<(), Rejection> {
         if id == 0 {
-            return Err(Rejection::Membership("node id must be greater than 0".into()));
+            return Err(Rejection::Membership(
+                "node id must be greater than 0".into(),
+            ));
         }
         let m = self.metrics();
         let membership = m.membership_config.membership();
@@ -219,7 +256,12 @@ impl Replica {
                 .await
                 .map_err(membership_error)?;
         }
-        let is_voter = self.metrics().membership_config.membership().voter_ids().any(|v| v == id);
+        let is_voter = self
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
         if voter && !is_voter {
             self.raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
@@ -275,7 +317,12 @@ impl Replica {
         while tokio::time::Instant::now() < deadline {
             let m = self.metrics();
             let last = m.last_log_index.unwrap_or(0);
-            let voters: Vec<u64> = m.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
+            let voters: Vec<u64> = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != self.id)
+                .collect();
             if let Some(rep) = &m.replication {
                 let caught_up: Vec<u64> = voters
                     .iter()
@@ -293,27 +340,43 @@ impl Replica {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let Some(target) = target else { return };
-        let Some(node) = self.metrics().membership_config.membership().get_node(&target).cloned() else { return };
+        let Some(node) = self
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&target)
+            .cloned()
+        else {
+            return;
+        };
         if let Ok(mut admin) = self.outbound.admin(&node.grpc_addr) {
-            let req = herald_proto::v1::CampaignRequest { from_leader: self.id };
+            let req = herald_proto::v1::CampaignRequest {
+                from_leader: self.id,
+            };
             let _ = tokio::time::timeout(Duration::from_secs(1), admin.campaign(req)).await;
         }
         tracing::info!(target, "handed leadership over");
     }
 
-    /// Campaign for leadership once the old leader's lease runs out (it
-    /// asked us to, because it is stopping). Gives up as soon as any leader
-    /// other than the old one is known.
+    /// Campaign for leadership once the old leader's lease has lapsed (it
+    /// asked us to, because it is stopping): this replaces waiting out a
+    /// random election timeout plus a rejected first round. Gives up as soon
+    /// as any leader other than the old one is known.
     pub fn campaign(&self, old_leader: u64) {
         let raft = self.raft.clone();
+        let lease = self.election_timeout * 2;
+        let retry = self.election_timeout;
         tokio::spawn(async move {
-            for _ in 0..50 {
+            tokio::time::sleep(lease).await;
+            for _ in 0..10 {
                 let m = raft.metrics().borrow().clone();
-                if m.state == ServerState::Leader || m.current_leader.is_some_and(|l| l != old_leader) {
+                if m.state == ServerState::Leader
+                    || m.current_leader.is_some_and(|l| l != old_leader)
+                {
                     return;
                 }
                 let _ = raft.trigger().elect().await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(retry).await;
             }
         });
     }
@@ -322,16 +385,22 @@ impl Replica {
 fn membership_error(e: RaftError<u64, ClientWriteError<u64, NodeInfo>>) -> Rejection {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Rejection::NoLeader,
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Rejection::Membership(match c {
-            ChangeMembershipError::InProgress(_) => "another membership change is in progress; retry".into(),
-            other => other.to_string(),
-        }),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Rejection::Membership(match c {
+                ChangeMembershipError::InProgress(_) => {
+                    "another membership change is in progress; retry".into()
+                }
+                other => other.to_string(),
+            })
+        }
         RaftError::Fatal(f) => Rejection::RaftFatal(f.to_string()),
     }
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Glob match: `*` any run, `?` one character; empty pattern matches all.

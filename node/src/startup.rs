@@ -34,14 +34,24 @@ pub(crate) async fn bootstrap_or_join(config: NodeConfig, raft: Raft, outbound: 
     loop {
         match any_peer_in_cluster(&config, &outbound).await {
             Some(peer) => {
-                tracing::info!(peer, "a peer already belongs to a cluster; waiting to be replicated to");
+                tracing::info!(
+                    peer,
+                    "a peer already belongs to a cluster; waiting to be replicated to"
+                );
                 return;
             }
             None => {
                 let members: BTreeMap<u64, NodeInfo> = config
                     .peers
                     .iter()
-                    .map(|(id, addr)| (*id, NodeInfo { grpc_addr: addr.clone() }))
+                    .map(|(id, addr)| {
+                        (
+                            *id,
+                            NodeInfo {
+                                grpc_addr: addr.clone(),
+                            },
+                        )
+                    })
                     .collect();
                 match raft.initialize(members).await {
                     Ok(()) => {
@@ -66,10 +76,14 @@ async fn any_peer_in_cluster(config: &NodeConfig, outbound: &Outbound) -> Option
         if *id == config.id {
             continue;
         }
-        let Ok(mut client) = outbound.publisher(addr) else { continue };
+        let Ok(mut client) = outbound.publisher(addr) else {
+            continue;
+        };
         let mut req = tonic::Request::new(ClusterStatusRequest {});
         req.set_timeout(Duration::from_millis(500));
-        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(1), client.cluster_status(req)).await {
+        if let Ok(Ok(status)) =
+            tokio::time::timeout(Duration::from_secs(1), client.cluster_status(req)).await
+        {
             if !status.into_inner().members.is_empty() {
                 return Some(*id);
             }
@@ -85,7 +99,11 @@ async fn join_cluster(config: &NodeConfig, via: &str, outbound: &Outbound) {
         attempt += 1;
         let result = match outbound.admin(via) {
             Ok(mut admin) => admin
-                .add_node(AddNodeRequest { id: config.id, grpc_addr: config.advertise.clone(), voter })
+                .add_node(AddNodeRequest {
+                    id: config.id,
+                    grpc_addr: config.advertise.clone(),
+                    voter,
+                })
                 .await
                 .map_err(|s| s.message().to_string()),
             Err(e) => Err(e),

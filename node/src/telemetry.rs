@@ -15,7 +15,9 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)?
         .set_buckets_for_metric(
             Matcher::Full("herald_publish_batch_items".into()),
-            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0],
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+            ],
         )?
         .install_recorder()?;
     describe();
@@ -24,22 +26,55 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("herald_publishes_total", "Publish and PublishBatch calls by result");
-    describe_histogram!("herald_publish_duration_seconds", "Publish latency seen by the caller's node");
-    describe_histogram!("herald_publish_batch_items", "Publications per Raft entry (group commit)");
-    describe_counter!("herald_publish_forwards_total", "Publishes forwarded to the leader");
-    describe_counter!("herald_publications_applied_total", "Publications applied to the state machine");
-    describe_counter!("herald_raft_log_appended_entries_total", "Entries appended to the local Raft log");
-    describe_counter!("herald_raft_snapshots_total", "Snapshots built or installed");
-    describe_counter!("herald_grpc_auth_failures_total", "gRPC calls refused for their API key, by reason");
+    describe_counter!(
+        "herald_publishes_total",
+        "Publish and PublishBatch calls by result"
+    );
+    describe_histogram!(
+        "herald_publish_duration_seconds",
+        "Publish latency seen by the caller's node"
+    );
+    describe_histogram!(
+        "herald_publish_batch_items",
+        "Publications per Raft entry (group commit)"
+    );
+    describe_counter!(
+        "herald_publish_forwards_total",
+        "Publishes forwarded to the leader"
+    );
+    describe_counter!(
+        "herald_publications_applied_total",
+        "Publications applied to the state machine"
+    );
+    describe_counter!(
+        "herald_raft_log_appended_entries_total",
+        "Entries appended to the local Raft log"
+    );
+    describe_counter!(
+        "herald_raft_snapshots_total",
+        "Snapshots built or installed"
+    );
+    describe_counter!(
+        "herald_grpc_auth_failures_total",
+        "gRPC calls refused for their API key, by reason"
+    );
     describe_gauge!("herald_raft_term", "Current Raft term");
     describe_gauge!("herald_raft_leader_id", "Id of the known leader, 0 if none");
     describe_gauge!("herald_raft_is_leader", "1 on the leader");
-    describe_gauge!("herald_raft_commit_index", "Highest committed log index known here");
+    describe_gauge!(
+        "herald_raft_commit_index",
+        "Highest committed log index known here"
+    );
     describe_gauge!("herald_raft_applied_index", "Last applied log index");
     describe_gauge!("herald_raft_last_log_index", "Last log index");
-    describe_gauge!("herald_raft_log_entries", "Entries in the local log (after compaction)");
-    describe_gauge!("herald_raft_snapshot_index", "Log index of the latest snapshot");
+    describe_gauge!(
+        "herald_raft_log_entries",
+        "Entries in the local log (after compaction)"
+    );
+    describe_gauge!(
+        "herald_raft_snapshot_index",
+        "Log index of the latest snapshot"
+    );
     describe_gauge!("herald_channels", "Channels in the state machine");
 }
 
@@ -48,7 +83,11 @@ pub fn refresh(r: &Replica) {
     let m = r.metrics();
     metrics::gauge!("herald_raft_term").set(m.current_term as f64);
     metrics::gauge!("herald_raft_leader_id").set(m.current_leader.unwrap_or(0) as f64);
-    metrics::gauge!("herald_raft_is_leader").set(if m.state == ServerState::Leader { 1.0 } else { 0.0 });
+    metrics::gauge!("herald_raft_is_leader").set(if m.state == ServerState::Leader {
+        1.0
+    } else {
+        0.0
+    });
     metrics::gauge!("herald_raft_commit_index").set(r.committed_index() as f64);
     metrics::gauge!("herald_raft_applied_index").set(m.last_applied.map_or(0, |l| l.index) as f64);
     metrics::gauge!("herald_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use herald_proto::v1::admin_server::Admin;
 use herald_proto::v1::{
-    AddNodeRequest, AddNodeResponse, CampaignRequest, CampaignResponse, RemoveNodeRequest, RemoveNodeResponse,
+    AddNodeRequest, AddNodeResponse, CampaignRequest, CampaignResponse, RemoveNodeRequest,
+    RemoveNodeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -25,27 +26,39 @@ impl AdminService {
     }
 
     /// The leader's admin client when this node is not the leader.
-    fn forward_target(&self, forwarded: bool) -> Result<Option<crate::grpc::outbound::AdminClient>, Status> {
+    fn forward_target(
+        &self,
+        forwarded: bool,
+    ) -> Result<Option<crate::grpc::outbound::AdminClient>, Status> {
         match self.replica.leader() {
             Some((id, _)) if id == self.replica.id => Ok(None),
             Some(_) if forwarded => Err(Rejection::NoLeader.into()),
-            Some((_, node)) => {
-                Ok(Some(self.replica.outbound.admin(&node.grpc_addr).map_err(Rejection::LeaderUnreachable)?))
-            }
+            Some((_, node)) => Ok(Some(
+                self.replica
+                    .outbound
+                    .admin(&node.grpc_addr)
+                    .map_err(Rejection::LeaderUnreachable)?,
+            )),
             None => Err(Rejection::NoLeader.into()),
         }
     }
 
     fn mark<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
-        r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from(self.replica.id));
+        r.metadata_mut().insert(
+            FORWARDED,
+            tonic::metadata::MetadataValue::from(self.replica.id),
+        );
         r
     }
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn add_node(&self, req: Request<AddNodeRequest>) -> Result<Response<AddNodeResponse>, Status> {
+    async fn add_node(
+        &self,
+        req: Request<AddNodeRequest>,
+    ) -> Result<Response<AddNodeResponse>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
         if let Some(mut leader) = self.forward_target(forwarded)? {
@@ -56,7 +69,10 @@ impl Admin for AdminService {
         Ok(Response::new(AddNodeResponse { voters, learners }))
     }
 
-    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
         if let Some(mut leader) = self.forward_target(forwarded)? {
@@ -67,7 +83,10 @@ impl Admin for AdminService {
         Ok(Response::new(RemoveNodeResponse { voters, learners }))
     }
 
-    async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+    async fn campaign(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
         self.replica.campaign(req.into_inner().from_leader);
         Ok(Response::new(CampaignResponse { started: true }))
     }

@@ -43,7 +43,10 @@ impl Outbound {
     /// Calls carry `api_key` when given.
     pub fn new(api_key: Option<&str>) -> Self {
         let key = api_key.and_then(|k| MetadataValue::try_from(format!("apikey {k}")).ok());
-        Self { key: ApiKeyMetadata(key), channels: Arc::default() }
+        Self {
+            key: ApiKeyMetadata(key),
+            channels: Arc::default(),
+        }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -65,18 +68,30 @@ impl Outbound {
     /// Raft client for a peer.
     pub fn raft(&self, addr: &str) -> Result<RaftClient, String> {
         let c = self.channel(addr)?;
-        Ok(herald_proto::v1::raft_client::RaftClient::with_interceptor(c, self.key.clone())
-            .max_decoding_message_size(256 * 1024 * 1024)
-            .max_encoding_message_size(256 * 1024 * 1024))
+        Ok(
+            herald_proto::v1::raft_client::RaftClient::with_interceptor(c, self.key.clone())
+                .max_decoding_message_size(256 * 1024 * 1024)
+                .max_encoding_message_size(256 * 1024 * 1024),
+        )
     }
 
     /// Publisher client for a peer.
     pub fn publisher(&self, addr: &str) -> Result<PublisherClient, String> {
-        Ok(herald_proto::v1::publisher_client::PublisherClient::with_interceptor(self.channel(addr)?, self.key.clone()))
+        Ok(
+            herald_proto::v1::publisher_client::PublisherClient::with_interceptor(
+                self.channel(addr)?,
+                self.key.clone(),
+            ),
+        )
     }
 
     /// Admin client for a peer.
     pub fn admin(&self, addr: &str) -> Result<AdminClient, String> {
-        Ok(herald_proto::v1::admin_client::AdminClient::with_interceptor(self.channel(addr)?, self.key.clone()))
+        Ok(
+            herald_proto::v1::admin_client::AdminClient::with_interceptor(
+                self.channel(addr)?,
+                self.key.clone(),
+            ),
+        )
     }
 }

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use herald_proto::v1::publisher_server::Publisher;
 use herald_proto::v1::{
-    ChannelInfoRequest, ChannelInfoResponse, ChannelSummary, ChannelsRequest, ChannelsResponse, ClusterMember,
-    ClusterStatusRequest, ClusterStatusResponse, HistoryRequest, HistoryResponse, Publication, PublishBatchRequest,
-    PublishBatchResponse, PublishRequest, PublishResponse,
+    ChannelInfoRequest, ChannelInfoResponse, ChannelSummary, ChannelsRequest, ChannelsResponse,
+    ClusterMember, ClusterStatusRequest, ClusterStatusResponse, HistoryRequest, HistoryResponse,
+    Publication, PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
 };
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
@@ -33,7 +33,11 @@ impl PublisherService {
 
     /// Validate, commit (here or on the leader) and answer one result per
     /// request item.
-    async fn commit(&self, reqs: Vec<PublishRequest>, forwarded: bool) -> Result<Vec<PublishResponse>, Status> {
+    async fn commit(
+        &self,
+        reqs: Vec<PublishRequest>,
+        forwarded: bool,
+    ) -> Result<Vec<PublishResponse>, Status> {
         let started = Instant::now();
         let result = self.commit_inner(reqs, forwarded).await;
         let label = match &result {
@@ -52,13 +56,21 @@ impl PublisherService {
         result
     }
 
-    async fn commit_inner(&self, reqs: Vec<PublishRequest>, forwarded: bool) -> Result<Vec<PublishResponse>, Status> {
+    async fn commit_inner(
+        &self,
+        reqs: Vec<PublishRequest>,
+        forwarded: bool,
+    ) -> Result<Vec<PublishResponse>, Status> {
         let limits = &self.replica.namespaces.limits;
         if reqs.is_empty() {
             return Err(Rejection::BatchEmpty.into());
         }
         if reqs.len() > limits.max_batch {
-            return Err(Rejection::BatchTooLarge { size: reqs.len(), max: limits.max_batch }.into());
+            return Err(Rejection::BatchTooLarge {
+                size: reqs.len(),
+                max: limits.max_batch,
+            }
+            .into());
         }
         let single = reqs.len() == 1;
         let mut items = Vec::with_capacity(reqs.len());
@@ -71,9 +83,21 @@ impl PublisherService {
                     r.data.clone(),
                     r.content_type.clone(),
                     r.idempotency_key.clone(),
-                    r.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    r.headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                 )
-                .map_err(|e| if single { e } else { Rejection::BatchItem { index, inner: Box::new(e) } })?;
+                .map_err(|e| {
+                    if single {
+                        e
+                    } else {
+                        Rejection::BatchItem {
+                            index,
+                            inner: Box::new(e),
+                        }
+                    }
+                })?;
             items.push(item);
         }
         match self.replica.publish(items).await? {
@@ -81,15 +105,31 @@ impl PublisherService {
             PublishOutcome::Forward(_, _) if forwarded => Err(Rejection::NoLeader.into()),
             PublishOutcome::Forward(leader, node) => {
                 metrics::counter!("herald_publish_forwards_total").increment(1);
-                let mut client = self.replica.outbound.publisher(&node.grpc_addr).map_err(Rejection::LeaderUnreachable)?;
+                let mut client = self
+                    .replica
+                    .outbound
+                    .publisher(&node.grpc_addr)
+                    .map_err(Rejection::LeaderUnreachable)?;
                 let mut req = Request::new(PublishBatchRequest { publications: reqs });
-                req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from(self.replica.id));
+                req.metadata_mut().insert(
+                    FORWARDED,
+                    tonic::metadata::MetadataValue::from(self.replica.id),
+                );
                 match client.publish_batch(req).await {
                     Ok(r) => Ok(r.into_inner().results),
                     // The leader's own rejections pass through unchanged.
-                    Err(s) if s.code() != tonic::Code::Unavailable && s.code() != tonic::Code::Unknown => Err(s),
+                    Err(s)
+                        if s.code() != tonic::Code::Unavailable
+                            && s.code() != tonic::Code::Unknown =>
+                    {
+                        Err(s)
+                    }
                     Err(s) if crate::rejection::reason_of(&s).is_some() => Err(s),
-                    Err(s) => Err(Rejection::LeaderUnreachable(format!("node {leader}: {}", s.message())).into()),
+                    Err(s) => Err(Rejection::LeaderUnreachable(format!(
+                        "node {leader}: {}",
+                        s.message()
+                    ))
+                    .into()),
                 }
             }
         }
@@ -118,7 +158,8 @@ fn summary(name: &str, namespace: &str, c: &Channel) -> ChannelSummary {
 }
 
 fn namespace_of(name: &str) -> &str {
-    name.split_once(':').map_or(crate::namespace::DEFAULT_NAMESPACE, |(ns, _)| ns)
+    name.split_once(':')
+        .map_or(crate::namespace::DEFAULT_NAMESPACE, |(ns, _)| ns)
 }
 
 fn state_name(s: ServerState) -> &'static str {
@@ -144,20 +185,33 @@ fn info(ns: &Namespace, channel: ChannelSummary) -> ChannelInfoResponse {
 
 #[tonic::async_trait]
 impl Publisher for PublisherService {
-    async fn publish(&self, req: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+    async fn publish(
+        &self,
+        req: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let mut out = self.commit(vec![req.into_inner()], forwarded).await?;
-        let first = out.pop().ok_or_else(|| Status::internal("empty publish result"))?;
+        let first = out
+            .pop()
+            .ok_or_else(|| Status::internal("empty publish result"))?;
         Ok(Response::new(first))
     }
 
-    async fn publish_batch(&self, req: Request<PublishBatchRequest>) -> Result<Response<PublishBatchResponse>, Status> {
+    async fn publish_batch(
+        &self,
+        req: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
-        let results = self.commit(req.into_inner().publications, forwarded).await?;
+        let results = self
+            .commit(req.into_inner().publications, forwarded)
+            .await?;
         Ok(Response::new(PublishBatchResponse { results }))
     }
 
-    async fn history(&self, req: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+    async fn history(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
         if r.linearizable {
@@ -165,20 +219,36 @@ impl Publisher for PublisherService {
                 Some((id, _)) if id == self.replica.id => self.replica.read_barrier().await?,
                 Some(_) if forwarded => return Err(Rejection::NoLeader.into()),
                 Some((id, node)) => {
-                    let mut client =
-                        self.replica.outbound.publisher(&node.grpc_addr).map_err(Rejection::LeaderUnreachable)?;
+                    let mut client = self
+                        .replica
+                        .outbound
+                        .publisher(&node.grpc_addr)
+                        .map_err(Rejection::LeaderUnreachable)?;
                     let mut fwd = Request::new(r);
-                    fwd.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from(self.replica.id));
-                    return client.history(fwd).await.map_err(|s| match crate::rejection::reason_of(&s) {
-                        Some(_) => s,
-                        None => Rejection::LeaderUnreachable(format!("node {id}: {}", s.message())).into(),
-                    });
+                    fwd.metadata_mut().insert(
+                        FORWARDED,
+                        tonic::metadata::MetadataValue::from(self.replica.id),
+                    );
+                    return client.history(fwd).await.map_err(
+                        |s| match crate::rejection::reason_of(&s) {
+                            Some(_) => s,
+                            None => {
+                                Rejection::LeaderUnreachable(format!("node {id}: {}", s.message()))
+                                    .into()
+                            }
+                        },
+                    );
                 }
                 None => return Err(Rejection::NoLeader.into()),
             }
         }
-        let since = r.since.map(|s| Since { offset: Offset(s.offset), epoch: Epoch(s.epoch) });
-        let page = self.replica.history(&r.channel, since.as_ref(), r.limit, r.reverse)?;
+        let since = r.since.map(|s| Since {
+            offset: Offset(s.offset),
+            epoch: Epoch(s.epoch),
+        });
+        let page = self
+            .replica
+            .history(&r.channel, since.as_ref(), r.limit, r.reverse)?;
         let channel = r.channel;
         let epoch = page.epoch.0.clone();
         let publications = page
@@ -205,23 +275,36 @@ impl Publisher for PublisherService {
         }))
     }
 
-    async fn channels(&self, req: Request<ChannelsRequest>) -> Result<Response<ChannelsResponse>, Status> {
+    async fn channels(
+        &self,
+        req: Request<ChannelsRequest>,
+    ) -> Result<Response<ChannelsResponse>, Status> {
         let pattern = req.into_inner().pattern;
-        let channels = self.replica.channels(&pattern, |name, c| summary(name, namespace_of(name), c));
+        let channels = self
+            .replica
+            .channels(&pattern, |name, c| summary(name, namespace_of(name), c));
         Ok(Response::new(ChannelsResponse { channels }))
     }
 
-    async fn channel_info(&self, req: Request<ChannelInfoRequest>) -> Result<Response<ChannelInfoResponse>, Status> {
+    async fn channel_info(
+        &self,
+        req: Request<ChannelInfoRequest>,
+    ) -> Result<Response<ChannelInfoResponse>, Status> {
         let name = req.into_inner().channel;
         let ns = self.replica.namespaces.resolve(&name)?;
         let channel = self
             .replica
             .channel(&name, |c| summary(&name, &ns.name, c))
-            .ok_or_else(|| Rejection::ChannelNotFound { channel: name.clone() })?;
+            .ok_or_else(|| Rejection::ChannelNotFound {
+                channel: name.clone(),
+            })?;
         Ok(Response::new(info(ns, channel)))
     }
 
-    async fn cluster_status(&self, _: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
         let m = self.replica.metrics();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
@@ -230,7 +313,12 @@ impl Publisher for PublisherService {
             .map(|(id, node)| ClusterMember {
                 id: *id,
                 grpc_addr: node.grpc_addr.clone(),
-                role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .to_string(),
                 matched_index: m
                     .replication
                     .as_ref()

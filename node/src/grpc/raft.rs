@@ -18,7 +18,9 @@ pub struct RaftService {
 impl RaftService {
     /// Serve this Raft.
     pub fn new(raft: Raft) -> Self {
-        Self { raft: Arc::new(raft) }
+        Self {
+            raft: Arc::new(raft),
+        }
     }
 }
 
@@ -28,21 +30,33 @@ fn bad_payload(e: postcard::Error) -> Status {
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
         let res = self.raft.append_entries(rpc).await;
-        Ok(Response::new(RaftPayload { data: encode(&res).into() }))
+        Ok(Response::new(RaftPayload {
+            data: encode(&res).into(),
+        }))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
         let res = self.raft.vote(rpc).await;
-        Ok(Response::new(RaftPayload { data: encode(&res).into() }))
+        Ok(Response::new(RaftPayload {
+            data: encode(&res).into(),
+        }))
     }
 
-    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
         let res = self.raft.install_snapshot(rpc).await;
-        Ok(Response::new(RaftPayload { data: encode(&res).into() }))
+        Ok(Response::new(RaftPayload {
+            data: encode(&res).into(),
+        }))
     }
 }

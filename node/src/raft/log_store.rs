@@ -35,7 +35,10 @@ impl LogStore {
         tx.open_table(LOG)?;
         tx.open_table(META)?;
         tx.commit()?;
-        let store = Self { db, committed_index: Arc::new(AtomicU64::new(0)) };
+        let store = Self {
+            db,
+            committed_index: Arc::new(AtomicU64::new(0)),
+        };
         if let Some(c) = store.meta::<LogId<u64>>(COMMITTED).ok().flatten() {
             store.committed_index.store(c.index, Ordering::Relaxed);
         }
@@ -62,19 +65,27 @@ impl LogStore {
         self.len() == 0
     }
 
-    fn meta<T: for<'a> serde::Deserialize<'a>>(&self, key: &str) -> Result<Option<T>, StorageError> {
+    fn meta<T: for<'a> serde::Deserialize<'a>>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
         let r = self.db.begin_read().map_err(|e| StorageIOError::read(&e))?;
         let t = r.open_table(META).map_err(|e| StorageIOError::read(&e))?;
         let Some(v) = t.get(key).map_err(|e| StorageIOError::read(&e))? else {
             return Ok(None);
         };
-        Ok(Some(decode(v.value()).map_err(|e| StorageIOError::read(&e))?))
+        Ok(Some(
+            decode(v.value()).map_err(|e| StorageIOError::read(&e))?,
+        ))
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
         let bytes = encode(value);
         blocking(|| {
-            let tx = self.db.begin_write().map_err(|e| StorageIOError::write(&e))?;
+            let tx = self
+                .db
+                .begin_write()
+                .map_err(|e| StorageIOError::write(&e))?;
             tx.open_table(META)
                 .map_err(|e| StorageIOError::write(&e))?
                 .insert(key, bytes.as_slice())
@@ -86,9 +97,11 @@ impl LogStore {
 }
 
 /// Run blocking disk work without stalling the other tasks of this worker.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
         _ => f(),
     }
 }
@@ -98,8 +111,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-        let r = self.db.begin_read().map_err(|e| StorageIOError::read_logs(&e))?;
-        let t = r.open_table(LOG).map_err(|e| StorageIOError::read_logs(&e))?;
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let t = r
+            .open_table(LOG)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         let start = match range.start_bound() {
             Bound::Included(s) => Bound::Included(*s),
             Bound::Excluded(s) => Bound::Excluded(*s),
@@ -111,7 +129,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => Bound::Unbounded,
         };
         let mut out = Vec::new();
-        for item in t.range::<u64>((start, end)).map_err(|e| StorageIOError::read_logs(&e))? {
+        for item in t
+            .range::<u64>((start, end))
+            .map_err(|e| StorageIOError::read_logs(&e))?
+        {
             let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
             out.push(decode(v.value()).map_err(|e| StorageIOError::read_logs(&e))?);
         }
@@ -124,16 +145,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId<u64>> = self.meta(PURGED)?;
-        let r = self.db.begin_read().map_err(|e| StorageIOError::read_logs(&e))?;
-        let t = r.open_table(LOG).map_err(|e| StorageIOError::read_logs(&e))?;
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let t = r
+            .open_table(LOG)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         let last = match t.last().map_err(|e| StorageIOError::read_logs(&e))? {
             Some((_, v)) => {
-                let e: Entry<TypeConfig> = decode(v.value()).map_err(|e| StorageIOError::read_logs(&e))?;
+                let e: Entry<TypeConfig> =
+                    decode(v.value()).map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(e.log_id)
             }
             None => last_purged,
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -156,8 +186,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // re-learned from the leader), so this write is not fsynced.
         let bytes = encode(&committed);
         blocking(|| {
-            let mut tx = self.db.begin_write().map_err(|e| StorageIOError::write(&e))?;
-            tx.set_durability(redb::Durability::None).map_err(|e| StorageIOError::write(&e))?;
+            let mut tx = self
+                .db
+                .begin_write()
+                .map_err(|e| StorageIOError::write(&e))?;
+            tx.set_durability(redb::Durability::None)
+                .map_err(|e| StorageIOError::write(&e))?;
             tx.open_table(META)
                 .map_err(|e| StorageIOError::write(&e))?
                 .insert(COMMITTED, bytes.as_slice())
@@ -171,19 +205,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.meta::<Option<LogId<u64>>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, encode(&e))).collect();
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| (e.log_id.index, encode(&e)))
+            .collect();
         let n = encoded.len() as u64;
         let res = blocking(|| {
-            let tx = self.db.begin_write().map_err(|e| StorageIOError::write_logs(&e))?;
+            let tx = self
+                .db
+                .begin_write()
+                .map_err(|e| StorageIOError::write_logs(&e))?;
             {
-                let mut t = tx.open_table(LOG).map_err(|e| StorageIOError::write_logs(&e))?;
+                let mut t = tx
+                    .open_table(LOG)
+                    .map_err(|e| StorageIOError::write_logs(&e))?;
                 for (index, bytes) in &encoded {
-                    t.insert(*index, bytes.as_slice()).map_err(|e| StorageIOError::write_logs(&e))?;
+                    t.insert(*index, bytes.as_slice())
+                        .map_err(|e| StorageIOError::write_logs(&e))?;
                 }
             }
             tx.commit().map_err(|e| StorageIOError::write_logs(&e))?;
@@ -204,7 +251,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
         blocking(|| {
-            let tx = self.db.begin_write().map_err(|e| StorageIOError::write_logs(&e))?;
+            let tx = self
+                .db
+                .begin_write()
+                .map_err(|e| StorageIOError::write_logs(&e))?;
             tx.open_table(LOG)
                 .map_err(|e| StorageIOError::write_logs(&e))?
                 .retain_in(log_id.index.., |_, _| false)
@@ -217,7 +267,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
         let bytes = encode(&Some(log_id));
         blocking(|| {
-            let tx = self.db.begin_write().map_err(|e| StorageIOError::write_logs(&e))?;
+            let tx = self
+                .db
+                .begin_write()
+                .map_err(|e| StorageIOError::write_logs(&e))?;
             tx.open_table(META)
                 .map_err(|e| StorageIOError::write_logs(&e))?
                 .insert(PURGED, bytes.as_slice())

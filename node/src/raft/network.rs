@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -34,7 +36,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> Self::Network {
-        PeerNetwork { target, client: self.outbound.raft(&node.grpc_addr) }
+        PeerNetwork {
+            target,
+            client: self.outbound.raft(&node.grpc_addr),
+        }
     }
 }
 
@@ -51,7 +56,12 @@ struct Transport(String);
 type RpcErr<E> = RPCError<u64, NodeInfo, RaftError<u64, E>>;
 
 impl PeerNetwork {
-    async fn call<Req, Resp, E>(&mut self, which: Rpc, req: &Req, ttl: Duration) -> Result<Resp, RpcErr<E>>
+    async fn call<Req, Resp, E>(
+        &mut self,
+        which: Rpc,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -59,9 +69,15 @@ impl PeerNetwork {
     {
         let client = match &mut self.client {
             Ok(c) => c,
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Transport(e.clone())))),
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&Transport(
+                    e.clone(),
+                ))));
+            }
         };
-        let mut request = tonic::Request::new(RaftPayload { data: encode(req).into() });
+        let mut request = tonic::Request::new(RaftPayload {
+            data: encode(req).into(),
+        });
         request.set_timeout(ttl);
         let response = match which {
             Rpc::Append => client.append_entries(request).await,
@@ -73,9 +89,9 @@ impl PeerNetwork {
             Err(status) => {
                 let e = Transport(format!("{}: {}", status.code(), status.message()));
                 return Err(match status.code() {
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                        RPCError::Unreachable(Unreachable::new(&e))
-                    }
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
                     _ => RPCError::Network(NetworkError::new(&e)),
                 });
             }

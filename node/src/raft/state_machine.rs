@@ -61,7 +61,11 @@ impl StateMachine {
         }
         let index = applied.last_applied.map_or(0, |l| l.index);
         let (applied_tx, _) = watch::channel(index);
-        Ok(Self { db, state: Arc::new(RwLock::new(applied)), applied_tx: Arc::new(applied_tx) })
+        Ok(Self {
+            db,
+            state: Arc::new(RwLock::new(applied)),
+            applied_tx: Arc::new(applied_tx),
+        })
     }
 
     /// Shared read access to the applied state.
@@ -76,12 +80,16 @@ impl StateMachine {
 
     fn save_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
         let bytes = encode(snap);
-        let tx = self.db.begin_write().map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
+        let tx = self
+            .db
+            .begin_write()
+            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
         tx.open_table(SNAPSHOT)
             .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?
             .insert(CURRENT, bytes.as_slice())
             .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
-        tx.commit().map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
+        tx.commit()
+            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
         Ok(())
     }
 }
@@ -96,12 +104,22 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
             None => format!("empty-{}", rand::random::<u32>()),
         };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        tokio::task::block_in_place(|| self.save_snapshot(&stored))?;
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        super::log_store::blocking(|| self.save_snapshot(&stored))?;
         metrics::counter!("herald_raft_snapshots_total", "kind" => "built").increment(1);
         metrics::gauge!("herald_raft_snapshot_bytes").set(stored.data.len() as f64);
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
     }
 }
 
@@ -128,7 +146,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let r = match entry.payload {
                     EntryPayload::Blank => CommandResult::None,
                     EntryPayload::Normal(Command::Publish(p)) => {
-                        metrics::counter!("herald_publications_applied_total").increment(p.items.len() as u64);
+                        metrics::counter!("herald_publications_applied_total")
+                            .increment(p.items.len() as u64);
                         CommandResult::Published(s.channels.apply(&p))
                     }
                     EntryPayload::Membership(m) => {
@@ -160,8 +179,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let applied: Applied =
             decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        tokio::task::block_in_place(|| self.save_snapshot(&stored))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        super::log_store::blocking(|| self.save_snapshot(&stored))?;
         let index = applied.last_applied.map_or(0, |l| l.index);
         *self.state.write().expect("state lock poisoned") = applied;
         self.applied_tx.send_replace(index);
@@ -170,12 +192,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let r = self.db.begin_read().map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let t = r.open_table(SNAPSHOT).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let Some(v) = t.get(CURRENT).map_err(|e| StorageIOError::read_snapshot(None, &e))? else {
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let t = r
+            .open_table(SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let Some(v) = t
+            .get(CURRENT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        else {
             return Ok(None);
         };
-        let stored: StoredSnapshot = decode(v.value()).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        let stored: StoredSnapshot =
+            decode(v.value()).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
     }
 }
