@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "herald/v1/publisher.proto",
         "herald/v1/admin.proto",
         "herald/v1/raft.proto",
+        "herald/v1/edge_link.proto",
     ];
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();

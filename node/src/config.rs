@@ -213,13 +213,14 @@ impl NodeArgs {
             .advertise
             .unwrap_or_else(|| self.grpc_listen.to_string());
         check_host_port("--advertise", &advertise)?;
-        if let Some(listed) = peers.get(&id) {
-            if listed != &advertise && self.grpc_listen.to_string() != *listed {
-                return Err(bad(
-                    "--peers",
-                    format!("lists {listed} for this node, but it advertises {advertise}"),
-                ));
-            }
+        if let Some(listed) = peers.get(&id)
+            && listed != &advertise
+            && self.grpc_listen.to_string() != *listed
+        {
+            return Err(bad(
+                "--peers",
+                format!("lists {listed} for this node, but it advertises {advertise}"),
+            ));
         }
         let mut api_keys: Vec<String> = self
             .api_keys

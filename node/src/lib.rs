@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use herald_proto::v1::admin_server::AdminServer;
+use herald_proto::v1::edge_link_server::EdgeLinkServer;
 use herald_proto::v1::publisher_server::PublisherServer;
 use herald_proto::v1::raft_server::RaftServer;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -82,14 +83,12 @@ pub async fn run(
     .validate()
     .context("raft configuration")?;
     let outbound = Outbound::new(config.api_keys.first().map(String::as_str));
-    let state = sm.state();
-    let applied = sm.applied_index();
     let raft = raft::Raft::new(
         config.id,
         Arc::new(raft_config),
         Network::new(outbound.clone()),
         log.clone(),
-        sm,
+        sm.clone(),
     )
     .await
     .context("starting raft")?;
@@ -98,9 +97,8 @@ pub async fn run(
         raft.clone(),
         config.namespaces.clone(),
         outbound.clone(),
-        state,
-        applied,
-        log,
+        &sm,
+        log.clone(),
         config.election_timeout,
     ));
 
@@ -115,6 +113,7 @@ pub async fn run(
         .context("gRPC reflection")?;
     let publisher = PublisherServer::new(grpc::publisher::PublisherService::new(replica.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE);
+    let edge_link = EdgeLinkServer::new(grpc::edge_link::EdgeLinkService::new(replica.clone()));
     let admin = AdminServer::new(grpc::admin::AdminService::new(replica.clone()));
     let raft_rpc = RaftServer::new(grpc::raft::RaftService::new(raft.clone()))
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
@@ -132,6 +131,10 @@ pub async fn run(
         ))
         .add_service(tonic::service::interceptor::InterceptedService::new(
             admin,
+            keys.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            edge_link,
             keys.clone(),
         ))
         .add_service(tonic::service::interceptor::InterceptedService::new(

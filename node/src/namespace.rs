@@ -295,12 +295,12 @@ pub fn check_channel_name(channel: &str, max_len: usize) -> Result<(), Rejection
             reason: "allowed characters are A-Z a-z 0-9 _ - . : @ / = # $",
         });
     }
-    if let Some((ns, name)) = channel.split_once(':') {
-        if ns.is_empty() || name.is_empty() || name.contains(':') {
-            return Err(Rejection::ChannelInvalid {
-                reason: "a channel is `name` or `namespace:name`, with one colon and both parts non-empty",
-            });
-        }
+    if let Some((ns, name)) = channel.split_once(':')
+        && (ns.is_empty() || name.is_empty() || name.contains(':'))
+    {
+        return Err(Rejection::ChannelInvalid {
+            reason: "a channel is `name` or `namespace:name`, with one colon and both parts non-empty",
+        });
     }
     Ok(())
 }

@@ -9,16 +9,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herald_proto::v1::Publication;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::channels::{Accepted, Channel, HistoryPage, NewPublication, Since};
 use crate::grpc::outbound::Outbound;
 use crate::namespace::Namespaces;
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft::log_store::LogStore;
-use crate::raft::state_machine::Applied;
+use crate::raft::state_machine::{Applied, StateMachine};
 use crate::raft::{NodeInfo, Raft};
 use crate::rejection::Rejection;
 
@@ -47,6 +48,7 @@ pub struct Replica {
     proposer: Proposer,
     stepping_down: AtomicBool,
     election_timeout: Duration,
+    published: broadcast::Sender<Arc<Vec<Publication>>>,
 }
 
 /// A snapshot of Raft's view, for status and health.
@@ -59,12 +61,12 @@ impl Replica {
         raft: Raft,
         namespaces: Namespaces,
         outbound: Outbound,
-        state: Arc<RwLock<Applied>>,
-        applied: watch::Receiver<u64>,
+        sm: &StateMachine,
         log: LogStore,
         election_timeout: Duration,
     ) -> Self {
         let committed = log.committed_index();
+        let (state, applied, published) = (sm.state(), sm.applied_index(), sm.published());
         let window_ms = namespaces.limits.idempotency_window_secs * 1000;
         let proposer = Proposer::spawn(raft.clone(), window_ms);
         Self {
@@ -79,7 +81,13 @@ impl Replica {
             proposer,
             stepping_down: AtomicBool::new(false),
             election_timeout,
+            published,
         }
+    }
+
+    /// Listen to every publication this node applies from now on.
+    pub fn subscribe_published(&self) -> broadcast::Receiver<Arc<Vec<Publication>>> {
+        self.published.subscribe()
     }
 
     /// Raft's current metrics.

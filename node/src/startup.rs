@@ -81,12 +81,11 @@ async fn any_peer_in_cluster(config: &NodeConfig, outbound: &Outbound) -> Option
         };
         let mut req = tonic::Request::new(ClusterStatusRequest {});
         req.set_timeout(Duration::from_millis(500));
-        if let Ok(Ok(status)) =
-            tokio::time::timeout(Duration::from_secs(1), client.cluster_status(req)).await
+        let answer = tokio::time::timeout(Duration::from_secs(1), client.cluster_status(req)).await;
+        if let Ok(Ok(status)) = answer
+            && !status.into_inner().members.is_empty()
         {
-            if !status.into_inner().members.is_empty() {
-                return Some(*id);
-            }
+            return Some(*id);
         }
     }
     None
@@ -115,7 +114,7 @@ async fn join_cluster(config: &NodeConfig, via: &str, outbound: &Outbound) {
                 return;
             }
             Err(e) => {
-                if attempt == 1 || attempt % 10 == 0 {
+                if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::warn!(attempt, "joining via {via}: {e}; retrying");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -9,7 +9,7 @@ use herald_proto::v1::publisher_server::Publisher;
 use herald_proto::v1::{
     ChannelInfoRequest, ChannelInfoResponse, ChannelSummary, ChannelsRequest, ChannelsResponse,
     ClusterMember, ClusterStatusRequest, ClusterStatusResponse, HistoryRequest, HistoryResponse,
-    Publication, PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
+    PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
 };
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
@@ -254,17 +254,7 @@ impl Publisher for PublisherService {
         let publications = page
             .publications
             .into_iter()
-            .map(|p| Publication {
-                channel: channel.clone(),
-                offset: p.offset.0,
-                epoch: epoch.clone(),
-                event_type: p.event_type,
-                data: p.data,
-                content_type: p.content_type,
-                idempotency_key: p.idempotency_key,
-                headers: p.headers.into_iter().collect(),
-                published_at_ms: p.published_at_ms,
-            })
+            .map(|p| super::to_wire(&channel, &epoch, p))
             .collect();
         Ok(Response::new(HistoryResponse {
             publications,

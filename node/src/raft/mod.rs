@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::channels::{Accepted, Proposal};
 
+// openraft's `StorageError` is large, and its trait signatures fix the type.
+#[allow(clippy::result_large_err)]
 pub mod log_store;
 pub mod network;
+#[allow(clippy::result_large_err)]
 pub mod state_machine;
 
 /// What Raft knows about a node: where to reach it.

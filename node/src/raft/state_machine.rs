@@ -8,13 +8,14 @@
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
+use herald_proto::v1::Publication;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::{Command, CommandResult, NodeInfo, StorageError, TypeConfig, decode, encode};
 use crate::channels::ChannelTable;
@@ -45,7 +46,12 @@ pub struct StateMachine {
     db: Arc<Database>,
     state: Arc<RwLock<Applied>>,
     applied_tx: Arc<watch::Sender<u64>>,
+    published: broadcast::Sender<Arc<Vec<Publication>>>,
 }
+
+/// How many applied batches a slow listener may fall behind before it is
+/// told it lagged (it then catches up from history).
+const PUBLISHED_BACKLOG: usize = 1024;
 
 impl StateMachine {
     /// Open on the shared database, restoring the latest snapshot if any.
@@ -65,6 +71,7 @@ impl StateMachine {
             db,
             state: Arc::new(RwLock::new(applied)),
             applied_tx: Arc::new(applied_tx),
+            published: broadcast::channel(PUBLISHED_BACKLOG).0,
         })
     }
 
@@ -76,6 +83,12 @@ impl StateMachine {
     /// Watch the last applied index.
     pub fn applied_index(&self) -> watch::Receiver<u64> {
         self.applied_tx.subscribe()
+    }
+
+    /// Every publication this node applies, in log order, batched per
+    /// `apply` call; each is encoded once and shared by every listener.
+    pub fn published(&self) -> broadcast::Sender<Arc<Vec<Publication>>> {
+        self.published.clone()
     }
 
     fn save_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
@@ -139,6 +152,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let mut results = Vec::new();
+        let mut fresh = Vec::new();
         let last = {
             let mut s = self.state.write().expect("state lock poisoned");
             for entry in entries {
@@ -148,7 +162,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(Command::Publish(p)) => {
                         metrics::counter!("herald_publications_applied_total")
                             .increment(p.items.len() as u64);
-                        CommandResult::Published(s.channels.apply(&p))
+                        let accepted = s.channels.apply(&p);
+                        if self.published.receiver_count() > 0 {
+                            let items = p.items.into_iter().zip(&accepted);
+                            fresh.extend(items.filter(|(_, a)| !a.duplicate).map(|(item, a)| {
+                                Publication {
+                                    channel: item.channel,
+                                    offset: a.offset.0,
+                                    epoch: a.epoch.0.clone(),
+                                    event_type: item.event_type,
+                                    data: item.data,
+                                    content_type: item.content_type,
+                                    idempotency_key: item.idempotency_key,
+                                    headers: item.headers.into_iter().collect(),
+                                    published_at_ms: a.published_at_ms,
+                                }
+                            }));
+                        }
+                        CommandResult::Published(accepted)
                     }
                     EntryPayload::Membership(m) => {
                         s.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -160,6 +191,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             s.last_applied.map_or(0, |l| l.index)
         };
         self.applied_tx.send_replace(last);
+        if !fresh.is_empty() {
+            let _ = self.published.send(Arc::new(fresh));
+        }
         Ok(results)
     }
 

@@ -1,0 +1,482 @@
+//! The `EdgeLink` service: one long-lived stream per edge. The edge names
+//! the channels it wants (once each, however many of its clients want them)
+//! with the position it last delivered; this node replays what the edge
+//! missed from history, then forwards every publication it applies for
+//! those channels, exactly once and in offset order.
+//!
+//! Positions are tracked per channel: a publication at or below the
+//! position is a duplicate and dropped; one past a gap (this stream lagged
+//! behind the apply loop, or a snapshot was installed) triggers a fill from
+//! history first. If history no longer holds the gap, the edge is told with
+//! `recovered: false`, never silently skipped (guarantee 3).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_proto::v1::edge_link_server::EdgeLink;
+use herald_proto::v1::edge_message::Msg as EdgeMsg;
+use herald_proto::v1::node_message::Msg as NodeMsg;
+use herald_proto::v1::{
+    EdgeMessage, LinkError, LinkSubscribe, LinkSubscribed, NodeMessage, Publication,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::channels::{Epoch, HistoryPage, Offset, Since};
+use crate::rejection::Rejection;
+use crate::replica::Replica;
+
+/// Messages buffered towards one edge before this node stops reading the
+/// apply stream for it (it then catches up from history).
+const OUTBOUND: usize = 4096;
+
+/// Where a session reads history from.
+pub trait HistorySource {
+    /// Publications after `since` (or the newest position when `None`).
+    fn read(
+        &self,
+        channel: &str,
+        since: Option<&Since>,
+        limit: u32,
+    ) -> Result<HistoryPage, Rejection>;
+    /// Most publications one read returns.
+    fn max_limit(&self) -> u32;
+}
+
+impl HistorySource for Replica {
+    fn read(
+        &self,
+        channel: &str,
+        since: Option<&Since>,
+        limit: u32,
+    ) -> Result<HistoryPage, Rejection> {
+        self.history(channel, since, limit, false)
+    }
+
+    fn max_limit(&self) -> u32 {
+        self.namespaces.limits.max_history_limit
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Position {
+    epoch: String,
+    offset: u64,
+}
+
+/// One edge's subscriptions and delivered positions. Pure: it turns inputs
+/// into the messages to send, so it is tested without a stream.
+pub struct Session<H> {
+    source: H,
+    positions: HashMap<String, Position>,
+}
+
+impl<H: HistorySource> Session<H> {
+    /// A session with no subscriptions.
+    pub fn new(source: H) -> Self {
+        Self {
+            source,
+            positions: HashMap::new(),
+        }
+    }
+
+    /// Subscribe (or re-subscribe) a channel.
+    pub fn subscribe(&mut self, s: LinkSubscribe) -> NodeMessage {
+        let limit = match s.recover_limit {
+            0 => self.source.max_limit(),
+            n => n.min(self.source.max_limit()),
+        };
+        let since = s.since.map(|p| Since {
+            offset: Offset(p.offset),
+            epoch: Epoch(p.epoch),
+        });
+        // Without a position, only the current one is needed.
+        let page = match self.source.read(
+            &s.channel,
+            since.as_ref(),
+            if since.is_some() { limit } else { 1 },
+        ) {
+            Ok(p) => p,
+            Err(r) => {
+                return message(NodeMsg::Error(LinkError {
+                    channel: s.channel,
+                    reason: r.reason().to_string(),
+                    message: r.to_string(),
+                }));
+            }
+        };
+        let epoch = page.epoch.0.clone();
+        let (recovered, publications) = match since {
+            None => (false, vec![]),
+            Some(_) => {
+                let complete = page.in_window
+                    && page
+                        .publications
+                        .last()
+                        .is_none_or(|p| p.offset == page.offset);
+                if complete {
+                    let pubs = page
+                        .publications
+                        .into_iter()
+                        .map(|p| super::to_wire(&s.channel, &epoch, p))
+                        .collect();
+                    (true, pubs)
+                } else {
+                    (false, vec![])
+                }
+            }
+        };
+        self.positions.insert(
+            s.channel.clone(),
+            Position {
+                epoch: epoch.clone(),
+                offset: page.offset.0,
+            },
+        );
+        message(NodeMsg::Subscribed(LinkSubscribed {
+            channel: s.channel,
+            epoch,
+            offset: page.offset.0,
+            recovered,
+            publications,
+        }))
+    }
+
+    /// Stop forwarding a channel.
+    pub fn unsubscribe(&mut self, channel: &str) {
+        self.positions.remove(channel);
+    }
+
+    /// Forward what this edge wants of one applied batch.
+    pub fn deliver(&mut self, batch: &[Publication], out: &mut Vec<NodeMessage>) {
+        for p in batch {
+            let Some(pos) = self.positions.get(&p.channel) else {
+                continue;
+            };
+            if p.epoch == pos.epoch && p.offset <= pos.offset {
+                continue;
+            }
+            if p.epoch == pos.epoch && p.offset == pos.offset + 1 {
+                self.positions.insert(
+                    p.channel.clone(),
+                    Position {
+                        epoch: p.epoch.clone(),
+                        offset: p.offset,
+                    },
+                );
+                out.push(message(NodeMsg::Publication(p.clone())));
+            } else {
+                // A gap (or a new epoch): fill from history, which by now
+                // holds this publication too.
+                self.fill(&p.channel.clone(), out);
+            }
+        }
+    }
+
+    /// Bring every channel up to date from history (after this stream
+    /// lagged behind the apply loop).
+    pub fn resync(&mut self, out: &mut Vec<NodeMessage>) {
+        let channels: Vec<String> = self.positions.keys().cloned().collect();
+        for c in channels {
+            self.fill(&c, out);
+        }
+    }
+
+    fn fill(&mut self, channel: &str, out: &mut Vec<NodeMessage>) {
+        metrics::counter!("herald_edge_link_gap_fills_total").increment(1);
+        while let Some(pos) = self.positions.get(channel).cloned() {
+            let since = Since {
+                offset: Offset(pos.offset),
+                epoch: Epoch(pos.epoch),
+            };
+            let Ok(page) = self
+                .source
+                .read(channel, Some(&since), self.source.max_limit())
+            else {
+                return;
+            };
+            let epoch = page.epoch.0.clone();
+            if !page.in_window {
+                // Lost for good: say so, and continue from the current position.
+                let current = Position {
+                    epoch: epoch.clone(),
+                    offset: page.offset.0,
+                };
+                self.positions.insert(channel.to_string(), current);
+                out.push(message(NodeMsg::Subscribed(LinkSubscribed {
+                    channel: channel.to_string(),
+                    epoch,
+                    offset: page.offset.0,
+                    recovered: false,
+                    publications: vec![],
+                })));
+                return;
+            }
+            let Some(last) = page.publications.last().map(|p| p.offset.0) else {
+                return;
+            };
+            for p in page.publications {
+                out.push(message(NodeMsg::Publication(super::to_wire(
+                    channel, &epoch, p,
+                ))));
+            }
+            self.positions.insert(
+                channel.to_string(),
+                Position {
+                    epoch,
+                    offset: last,
+                },
+            );
+            if last >= page.offset.0 {
+                return;
+            }
+        }
+    }
+}
+
+fn message(m: NodeMsg) -> NodeMessage {
+    NodeMessage { msg: Some(m) }
+}
+
+/// Serves `herald.v1.EdgeLink`.
+pub struct EdgeLinkService {
+    replica: Arc<Replica>,
+}
+
+impl EdgeLinkService {
+    /// Serve this replica.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Self { replica }
+    }
+}
+
+#[tonic::async_trait]
+impl EdgeLink for EdgeLinkService {
+    type LinkStream = ReceiverStream<Result<NodeMessage, Status>>;
+
+    async fn link(
+        &self,
+        req: Request<Streaming<EdgeMessage>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(OUTBOUND);
+        // Listen before the first history read, so nothing applied in between
+        // is missed (duplicates are dropped by position).
+        let applied = self.replica.subscribe_published();
+        tokio::spawn(run_session(self.replica.clone(), inbound, applied, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// `Arc<Replica>` reads history for a session.
+struct Shared(Arc<Replica>);
+
+impl HistorySource for Shared {
+    fn read(
+        &self,
+        channel: &str,
+        since: Option<&Since>,
+        limit: u32,
+    ) -> Result<HistoryPage, Rejection> {
+        self.0.read(channel, since, limit)
+    }
+    fn max_limit(&self) -> u32 {
+        self.0.max_limit()
+    }
+}
+
+async fn run_session(
+    replica: Arc<Replica>,
+    mut inbound: Streaming<EdgeMessage>,
+    mut applied: broadcast::Receiver<Arc<Vec<Publication>>>,
+    tx: mpsc::Sender<Result<NodeMessage, Status>>,
+) {
+    metrics::gauge!("herald_edge_links").increment(1.0);
+    let mut session = Session::new(Shared(replica));
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(EdgeMessage { msg: Some(EdgeMsg::Subscribe(s)) })) => out.push(session.subscribe(s)),
+                Ok(Some(EdgeMessage { msg: Some(EdgeMsg::Unsubscribe(u)) })) => session.unsubscribe(&u.channel),
+                Ok(Some(EdgeMessage { msg: None })) => {}
+                Ok(None) | Err(_) => break,
+            },
+            batch = applied.recv() => match batch {
+                Ok(batch) => session.deliver(&batch, &mut out),
+                Err(broadcast::error::RecvError::Lagged(_)) => session.resync(&mut out),
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        }
+        for m in out.drain(..) {
+            if tx.send(Ok(m)).await.is_err() {
+                metrics::gauge!("herald_edge_links").decrement(1.0);
+                return;
+            }
+        }
+    }
+    metrics::gauge!("herald_edge_links").decrement(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use herald_proto::v1::StreamPosition;
+
+    use super::*;
+    use crate::channels::{ChannelTable, NewPublication, Proposal};
+
+    /// History straight from a channel table, as the node reads it.
+    #[derive(Default)]
+    struct Table(Mutex<ChannelTable>, Mutex<i64>);
+
+    impl Table {
+        /// Publish `n` to `channel`; returns what the apply loop would broadcast.
+        fn publish(&self, channel: &str, n: usize) -> Vec<Publication> {
+            let mut at = self.1.lock().unwrap();
+            *at += 1;
+            let items: Vec<NewPublication> = (0..n)
+                .map(|_| NewPublication {
+                    channel: channel.into(),
+                    event_type: String::new(),
+                    data: Bytes::from_static(b"{}"),
+                    content_type: "application/json".into(),
+                    idempotency_key: String::new(),
+                    headers: BTreeMap::new(),
+                    history_size: 5,
+                    history_ttl_ms: 0,
+                })
+                .collect();
+            let accepted = self.0.lock().unwrap().apply(&Proposal {
+                published_at_ms: *at,
+                nonce: 7,
+                idempotency_window_ms: 0,
+                items,
+            });
+            accepted
+                .into_iter()
+                .map(|a| Publication {
+                    channel: a.channel,
+                    offset: a.offset.0,
+                    epoch: a.epoch.0,
+                    ..Default::default()
+                })
+                .collect()
+        }
+    }
+
+    impl HistorySource for &Table {
+        fn read(
+            &self,
+            channel: &str,
+            since: Option<&Since>,
+            limit: u32,
+        ) -> Result<HistoryPage, Rejection> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .history(channel, since, limit as usize, false, 0, 0))
+        }
+        fn max_limit(&self) -> u32 {
+            100
+        }
+    }
+
+    fn offsets(out: &[NodeMessage]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|m| match &m.msg {
+                Some(NodeMsg::Publication(p)) => Some(p.offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn subscribed(m: NodeMessage) -> LinkSubscribed {
+        match m.msg {
+            Some(NodeMsg::Subscribed(s)) => s,
+            other => panic!("expected subscribed, got {other:?}"),
+        }
+    }
+
+    fn sub(channel: &str, since: Option<(u64, &str)>) -> LinkSubscribe {
+        LinkSubscribe {
+            channel: channel.into(),
+            since: since.map(|(offset, epoch)| StreamPosition {
+                offset,
+                epoch: epoch.into(),
+            }),
+            recover_limit: 0,
+        }
+    }
+
+    #[test]
+    fn live_publications_once_in_order_with_gaps_filled() {
+        let t = Table::default();
+        t.publish("a", 2);
+        let mut s = Session::new(&t);
+        let ack = subscribed(s.subscribe(sub("a", None)));
+        assert_eq!(ack.offset, 2);
+        assert!(!ack.recovered);
+        let mut out = vec![];
+        let b1 = t.publish("a", 1);
+        s.deliver(&b1, &mut out);
+        // The same batch again (a re-delivery) is dropped.
+        s.deliver(&b1, &mut out);
+        assert_eq!(offsets(&out), vec![3]);
+        // Offsets 4 and 5 never reached this session (it lagged); 6 arrives.
+        t.publish("a", 2);
+        let b3 = t.publish("a", 1);
+        s.deliver(&b3, &mut out);
+        assert_eq!(offsets(&out), vec![3, 4, 5, 6]);
+        // Channels not subscribed are not forwarded.
+        let other = t.publish("b", 1);
+        s.deliver(&other, &mut out);
+        assert_eq!(offsets(&out), vec![3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn recovery_inside_and_outside_the_window() {
+        let t = Table::default();
+        t.publish("a", 3);
+        let mut s = Session::new(&t);
+        let epoch = subscribed(s.subscribe(sub("a", None))).epoch;
+        let ok = subscribed(s.subscribe(sub("a", Some((1, &epoch)))));
+        assert!(ok.recovered);
+        assert_eq!(
+            ok.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        t.publish("a", 10);
+        // History keeps 5: offsets 9..=13; a client at 2 cannot be recovered.
+        let lost = subscribed(s.subscribe(sub("a", Some((2, &epoch)))));
+        assert!(!lost.recovered);
+        assert_eq!(lost.offset, 13);
+        assert!(lost.publications.is_empty());
+        let wrong_epoch = subscribed(s.subscribe(sub("a", Some((12, "nope")))));
+        assert!(!wrong_epoch.recovered);
+    }
+
+    #[test]
+    fn resync_after_lag_and_unfillable_gap_is_reported() {
+        let t = Table::default();
+        t.publish("a", 1);
+        let mut s = Session::new(&t);
+        subscribed(s.subscribe(sub("a", None)));
+        t.publish("a", 3);
+        let mut out = vec![];
+        s.resync(&mut out);
+        assert_eq!(offsets(&out), vec![2, 3, 4]);
+        // Ten more while this session was not reading: history holds only 5.
+        t.publish("a", 10);
+        let mut out = vec![];
+        s.resync(&mut out);
+        let lost = subscribed(out.remove(0));
+        assert!(!lost.recovered);
+        assert_eq!(lost.offset, 14);
+    }
+}
