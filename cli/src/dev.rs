@@ -1,0 +1,700 @@
+//! `herald dev`: a whole cluster on loopback, for trying Herald and for the
+//! README quick start.
+//!
+//! Owns the life of its child processes: it plans them (ids, free ports, one
+//! API key, one data directory), starts them, prints how to reach them, waits
+//! until they have elected a leader, and stops every one of them on Ctrl-C,
+//! SIGTERM, a child's death or its own start-up error. It must never exit
+//! leaving a child running: every path out of [`run`] goes through
+//! [`Supervisor::stop`], and each child is also killed when its handle is
+//! dropped (a panic).
+//!
+//! Each kind of process is a [`ProcessSpec`] (a label, a command line, a log
+//! file and the endpoints to print); adding a kind (the edge) means writing
+//! one more `*_specs` function and, if it has its own notion of ready, one
+//! more probe in [`wait_ready`].
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::{Read, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use herald_proto::v1::ClusterStatusRequest;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::client::{Connection, Server};
+
+/// How long children get to shut down gracefully (a node hands over
+/// leadership first) before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often children are checked for an unexpected exit, and the cluster
+/// for readiness.
+const POLL: Duration = Duration::from_millis(200);
+/// Upper bound of one readiness probe, so one wedged node cannot stall the
+/// others' probes.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// File in the data directory recording each node's ports, so a kept
+/// directory can be started again: the Raft membership stored there names
+/// those addresses.
+const PORTS_FILE: &str = "ports";
+
+/// `HERALD_*` variables `herald-node` reads that `herald dev` does not set by
+/// flag; inherited from the user's shell they would change what the dev
+/// cluster is (e.g. `HERALD_JOIN` instead of bootstrapping).
+const NODE_ENV_CLEARED: &[&str] = &[
+    "HERALD_ID_FROM_HOSTNAME",
+    "HERALD_ADVERTISE",
+    "HERALD_JOIN",
+    "HERALD_LEARNER",
+    "HERALD_API_KEYS_FILE",
+    "HERALD_ALLOW_UNAUTHENTICATED",
+];
+
+#[derive(Debug, Args)]
+pub(crate) struct DevArgs {
+    /// How many nodes (all voters) to run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=15))]
+    nodes: u64,
+    /// Keep data and logs in this directory (created if missing, never
+    /// removed). Starting again on the same directory resumes that cluster.
+    /// Default: a fresh temporary directory, removed on exit.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Do not remove the temporary data directory on exit.
+    #[arg(long)]
+    keep_data: bool,
+    /// Give up if the nodes have not agreed on a leader within this many
+    /// seconds.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout_secs: u64,
+    /// Channel policy (namespaces and limits) for every node. Default: a
+    /// development policy with the `default` and `chat` namespaces, written
+    /// to `<data-dir>/policy.toml`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The policy `herald dev` runs with unless `--config` is given: generous
+/// history, client publish and presence on `chat:`, and a schema on its
+/// `message` events so validation can be tried.
+const DEV_POLICY: &str = r#"# Written by `herald dev`.
+[namespaces.default]
+history_size = 100
+history_ttl_secs = 600
+
+[namespaces.chat]
+history_size = 300
+history_ttl_secs = 3600
+allow_client_publish = true
+presence = true
+
+[namespaces.chat.schemas.message]
+type = "object"
+required = ["text"]
+properties.text = { type = "string", maxLength = 2000 }
+"#;
+
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    // Handlers first: a Ctrl-C during start-up must stop the children, not
+    // kill this process and orphan them.
+    let mut signals = Signals::new()?;
+    let node_bin = node_binary()?;
+    let data = DataDir::new(args.data_dir, args.keep_data)?;
+    let api_key = random_key()?;
+    let nodes = node_plan(data.path(), args.nodes)?;
+    let policy = match args.config {
+        Some(path) => path,
+        None => {
+            let path = data.path().join("policy.toml");
+            std::fs::write(&path, DEV_POLICY)
+                .with_context(|| format!("writing {}", path.display()))?;
+            path
+        }
+    };
+    let specs = node_specs(&node_bin, data.path(), &nodes, &api_key, &policy);
+    let probes = nodes
+        .iter()
+        .map(|n| Server::new(n.grpc.clone(), Some(api_key.clone())).connect_lazy())
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut supervisor = Supervisor::default();
+    let ready_timeout = Duration::from_secs(args.ready_timeout_secs);
+    let outcome = async {
+        for spec in &specs {
+            supervisor.spawn(spec)?;
+        }
+        let mut banner = String::new();
+        for spec in &specs {
+            for (name, value) in &spec.endpoints {
+                writeln!(banner, "{} {name} {value}", spec.label)?;
+            }
+        }
+        writeln!(banner, "api-key {api_key}")?;
+        writeln!(banner, "data-dir {}", data.path().display())?;
+        say(&banner);
+
+        tokio::select! {
+            ready = timeout(ready_timeout, wait_ready(&probes)) => match ready {
+                Ok(()) => say("ready\n"),
+                Err(_) => bail!(
+                    "the cluster did not elect a leader within {}s; logs are in {}",
+                    ready_timeout.as_secs(),
+                    data.path().display()
+                ),
+            },
+            exit = supervisor.next_exit() => return Ok(exit.report()),
+            () = signals.recv() => return Ok(Ended::Stopped),
+        }
+        tokio::select! {
+            exit = supervisor.next_exit() => Ok(exit.report()),
+            () = signals.recv() => Ok(Ended::Stopped),
+        }
+    }
+    .await;
+    supervisor.stop(&mut signals).await;
+    // After a failure the logs are what the user needs next.
+    let data = if matches!(outcome, Ok(Ended::Stopped)) {
+        data
+    } else {
+        data.keep()
+    };
+    if data.is_kept() {
+        eprintln!("data and logs kept in {}", data.path().display());
+    }
+    drop(data);
+    match outcome? {
+        Ended::Stopped => Ok(ExitCode::SUCCESS),
+        Ended::ChildExited => Ok(ExitCode::FAILURE),
+    }
+}
+
+/// Why a running `herald dev` ends.
+enum Ended {
+    /// Ctrl-C or SIGTERM: a normal exit.
+    Stopped,
+    /// A child died on its own; it has been reported.
+    ChildExited,
+}
+
+/// Write startup lines to stdout and flush at once: scripts and tests read
+/// them while `herald dev` keeps running. A closed stdout is not a reason to
+/// stop the cluster, so write errors are ignored.
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// `herald-node` next to this executable (how `cargo build` and release
+/// archives lay them out), unless `HERALD_NODE_BIN` names another.
+fn node_binary() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("HERALD_NODE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().context("locating the herald executable")?;
+            exe.with_file_name(format!("herald-node{}", std::env::consts::EXE_SUFFIX))
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "herald-node not found at {} (build it, or set HERALD_NODE_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A random API key: hex of 16 bytes from the kernel's CSPRNG.
+fn random_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the API key")?;
+    Ok(bytes.iter().fold(String::with_capacity(32), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
+}
+
+/// Where the cluster's data and logs live, and whether they outlive it.
+enum DataDir {
+    /// Removed when dropped.
+    Temp(TempDir),
+    Kept(PathBuf),
+}
+
+impl DataDir {
+    fn new(given: Option<PathBuf>, keep: bool) -> anyhow::Result<Self> {
+        if let Some(dir) = given {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("resolving {}", dir.display()))?;
+            return Ok(Self::Kept(dir));
+        }
+        let temp = tempfile::Builder::new()
+            .prefix("herald-dev-")
+            .tempdir()
+            .context("creating a temporary data directory")?;
+        Ok(if keep {
+            Self::Kept(temp.keep())
+        } else {
+            Self::Temp(temp)
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Self::Temp(t) => t.path(),
+            Self::Kept(p) => p,
+        }
+    }
+
+    /// Stop the directory from being removed on drop.
+    fn keep(self) -> Self {
+        match self {
+            Self::Temp(t) => Self::Kept(t.keep()),
+            kept @ Self::Kept(_) => kept,
+        }
+    }
+
+    fn is_kept(&self) -> bool {
+        matches!(self, Self::Kept(_))
+    }
+}
+
+/// One node's identity and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodePlan {
+    id: u64,
+    grpc: String,
+    http: String,
+}
+
+/// Ids `1..=count` with free loopback ports, or the ports recorded by an
+/// earlier run in the same directory.
+fn node_plan(dir: &Path, count: u64) -> anyhow::Result<Vec<NodePlan>> {
+    let ports_path = dir.join(PORTS_FILE);
+    if ports_path.exists() {
+        let text = std::fs::read_to_string(&ports_path)
+            .with_context(|| format!("reading {}", ports_path.display()))?;
+        let plan =
+            parse_ports(&text).with_context(|| format!("reading {}", ports_path.display()))?;
+        if plan.len() as u64 != count {
+            bail!(
+                "{} holds a cluster of {} nodes; start it with --nodes {} or use another --data-dir",
+                dir.display(),
+                plan.len(),
+                plan.len()
+            );
+        }
+        return Ok(plan);
+    }
+    let ports = free_ports(2 * count as usize)?;
+    let plan: Vec<NodePlan> = (1..=count)
+        .zip(ports.chunks(2))
+        .map(|(id, p)| NodePlan {
+            id,
+            grpc: format!("127.0.0.1:{}", p[0]),
+            http: format!("127.0.0.1:{}", p[1]),
+        })
+        .collect();
+    std::fs::write(&ports_path, format_ports(&plan))
+        .with_context(|| format!("writing {}", ports_path.display()))?;
+    Ok(plan)
+}
+
+/// Ports the kernel reports free right now. All listeners are held until
+/// every port is known, so no port is handed out twice.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free loopback ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("finding free loopback ports")
+}
+
+fn format_ports(plan: &[NodePlan]) -> String {
+    plan.iter()
+        .map(|n| format!("{} {} {}\n", n.id, n.grpc, n.http))
+        .collect()
+}
+
+fn parse_ports(text: &str) -> anyhow::Result<Vec<NodePlan>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [id, grpc, http] => Ok(NodePlan {
+                    id: id
+                        .parse()
+                        .with_context(|| format!("bad node id in `{line}`"))?,
+                    grpc: (*grpc).to_string(),
+                    http: (*http).to_string(),
+                }),
+                _ => bail!("`{line}` is not `<id> <grpc addr> <http addr>`"),
+            }
+        })
+        .collect()
+}
+
+/// How to run one child, and what to tell the user about it.
+#[derive(Debug, Clone)]
+struct ProcessSpec {
+    /// How the output names it: `node 3`.
+    label: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    env_remove: &'static [&'static str],
+    /// Its stdout and stderr.
+    log: PathBuf,
+    /// `(name, value)` pairs printed as `<label> <name> <value>`.
+    endpoints: Vec<(&'static str, String)>,
+}
+
+fn node_specs(
+    bin: &Path,
+    dir: &Path,
+    nodes: &[NodePlan],
+    api_key: &str,
+    policy: &Path,
+) -> Vec<ProcessSpec> {
+    let peers = nodes
+        .iter()
+        .map(|n| format!("{}={}", n.id, n.grpc))
+        .collect::<Vec<_>>()
+        .join(",");
+    nodes
+        .iter()
+        .map(|n| {
+            let data_dir = dir.join(format!("node-{}", n.id));
+            let args: Vec<OsString> = vec![
+                "--id".into(),
+                n.id.to_string().into(),
+                "--data-dir".into(),
+                data_dir.into(),
+                "--grpc-listen".into(),
+                n.grpc.clone().into(),
+                "--http-listen".into(),
+                n.http.clone().into(),
+                "--peers".into(),
+                peers.clone().into(),
+                "--api-key".into(),
+                api_key.into(),
+                "--config".into(),
+                policy.into(),
+            ];
+            ProcessSpec {
+                label: format!("node {}", n.id),
+                program: bin.to_path_buf(),
+                args,
+                env_remove: NODE_ENV_CLEARED,
+                log: dir.join(format!("node-{}.log", n.id)),
+                endpoints: vec![
+                    ("grpc", n.grpc.clone()),
+                    ("metrics", format!("http://{}/metrics", n.http)),
+                ],
+            }
+        })
+        .collect()
+}
+
+/// Resolves once every node answers `ClusterStatus` with the same leader and
+/// that leader has applied at least one entry (so it can serve publishes).
+async fn wait_ready(nodes: &[Connection]) {
+    loop {
+        if cluster_ready(nodes).await {
+            return;
+        }
+        sleep(POLL).await;
+    }
+}
+
+async fn cluster_ready(nodes: &[Connection]) -> bool {
+    let mut leader = None;
+    let mut leader_applied = false;
+    for conn in nodes {
+        let mut client = conn.publisher();
+        let call = client.cluster_status(ClusterStatusRequest {});
+        let Ok(Ok(status)) = timeout(PROBE_TIMEOUT, call).await else {
+            return false;
+        };
+        let status = status.into_inner();
+        let Some(id) = status.leader_id else {
+            return false;
+        };
+        if leader.is_some_and(|l| l != id) {
+            return false;
+        }
+        leader = Some(id);
+        if status.node_id == id && status.applied_index > 0 {
+            leader_applied = true;
+        }
+    }
+    leader_applied
+}
+
+/// Ctrl-C and SIGTERM, as one stream of "stop" requests.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// A running child.
+struct Supervised {
+    label: String,
+    log: PathBuf,
+    child: Child,
+}
+
+/// A child that exited while it should have been running.
+struct Exit {
+    label: String,
+    status: ExitStatus,
+    log: PathBuf,
+}
+
+impl Exit {
+    fn report(&self) -> Ended {
+        eprintln!(
+            "{} exited: {}, log: {}",
+            self.label,
+            self.status,
+            self.log.display()
+        );
+        Ended::ChildExited
+    }
+}
+
+/// The children of this `herald dev`, and the one way they are stopped.
+#[derive(Default)]
+struct Supervisor {
+    children: Vec<Supervised>,
+}
+
+impl Supervisor {
+    fn spawn(&mut self, spec: &ProcessSpec) -> anyhow::Result<()> {
+        let log = std::fs::File::create(&spec.log)
+            .with_context(|| format!("creating {}", spec.log.display()))?;
+        let log_err = log
+            .try_clone()
+            .with_context(|| format!("opening {}", spec.log.display()))?;
+        let mut command = Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Own process group: a terminal's Ctrl-C reaches only `herald
+            // dev`, which then stops the children in order instead of them
+            // all dying at once mid-handover.
+            .process_group(0)
+            // The last resort if this process panics.
+            .kill_on_drop(true);
+        for var in spec.env_remove {
+            command.env_remove(var);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {} ({})", spec.label, spec.program.display()))?;
+        self.children.push(Supervised {
+            label: spec.label.clone(),
+            log: spec.log.clone(),
+            child,
+        });
+        Ok(())
+    }
+
+    /// Resolves when any child exits; never resolves while all run.
+    async fn next_exit(&mut self) -> Exit {
+        loop {
+            for s in &mut self.children {
+                if let Ok(Some(status)) = s.child.try_wait() {
+                    return Exit {
+                        label: s.label.clone(),
+                        status,
+                        log: s.log.clone(),
+                    };
+                }
+            }
+            sleep(POLL).await;
+        }
+    }
+
+    /// SIGTERM every child, wait up to [`STOP_GRACE`] (cut short by another
+    /// Ctrl-C), then SIGKILL what is left and reap everything.
+    async fn stop(&mut self, signals: &mut Signals) {
+        for s in &self.children {
+            if let Some(pid) = s.child.id().and_then(|id| i32::try_from(id).ok()) {
+                // ESRCH only means it already exited; it is reaped below.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        let all_exited = async {
+            for s in &mut self.children {
+                let _ = s.child.wait().await;
+            }
+        };
+        tokio::select! {
+            () = all_exited => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = signals.recv() => {}
+        }
+        for s in &mut self.children {
+            if matches!(s.child.try_wait(), Ok(None)) {
+                eprintln!(
+                    "{} did not stop within {}s; killing it",
+                    s.label,
+                    STOP_GRACE.as_secs()
+                );
+                let _ = s.child.kill().await;
+            }
+        }
+        self.children.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_file_round_trips() {
+        let plan = vec![
+            NodePlan {
+                id: 1,
+                grpc: "127.0.0.1:4001".into(),
+                http: "127.0.0.1:4002".into(),
+            },
+            NodePlan {
+                id: 2,
+                grpc: "127.0.0.1:4003".into(),
+                http: "127.0.0.1:4004".into(),
+            },
+        ];
+        assert_eq!(parse_ports(&format_ports(&plan)).unwrap(), plan);
+        assert!(parse_ports("1 127.0.0.1:1\n").is_err());
+        assert!(parse_ports("x a b\n").is_err());
+    }
+
+    #[test]
+    fn fresh_plan_has_distinct_ports_and_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = node_plan(dir.path(), 3).unwrap();
+        let mut addrs: Vec<&str> = plan
+            .iter()
+            .flat_map(|n| [n.grpc.as_str(), n.http.as_str()])
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 6);
+        assert_eq!(node_plan(dir.path(), 3).unwrap(), plan);
+        assert!(node_plan(dir.path(), 5).is_err());
+    }
+
+    #[test]
+    fn node_specs_list_every_peer_and_print_endpoints() {
+        let plan = vec![
+            NodePlan {
+                id: 1,
+                grpc: "127.0.0.1:4001".into(),
+                http: "127.0.0.1:4002".into(),
+            },
+            NodePlan {
+                id: 2,
+                grpc: "127.0.0.1:4003".into(),
+                http: "127.0.0.1:4004".into(),
+            },
+        ];
+        let specs = node_specs(
+            Path::new("/bin/herald-node"),
+            Path::new("/d"),
+            &plan,
+            "k",
+            Path::new("/d/policy.toml"),
+        );
+        assert_eq!(specs[1].label, "node 2");
+        assert_eq!(specs[1].log, Path::new("/d/node-2.log"));
+        let args: Vec<String> = specs[1]
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--id",
+                "2",
+                "--data-dir",
+                "/d/node-2",
+                "--grpc-listen",
+                "127.0.0.1:4003",
+                "--http-listen",
+                "127.0.0.1:4004",
+                "--peers",
+                "1=127.0.0.1:4001,2=127.0.0.1:4003",
+                "--api-key",
+                "k",
+                "--config",
+                "/d/policy.toml"
+            ]
+        );
+        assert_eq!(
+            specs[0].endpoints,
+            [
+                ("grpc", "127.0.0.1:4001".to_string()),
+                ("metrics", "http://127.0.0.1:4002/metrics".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn dev_policy_is_valid_toml_with_chat() {
+        let v: toml::Value = toml::from_str(DEV_POLICY).unwrap();
+        assert!(
+            v["namespaces"]["chat"]["allow_client_publish"]
+                .as_bool()
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn api_key_is_32_hex_digits() {
+        let key = random_key().unwrap();
+        assert_eq!(key.len(), 32);
+        assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(key, random_key().unwrap());
+    }
+}
