@@ -173,9 +173,13 @@ impl Replica {
             Some((id, node)) if id != self.id => return Ok(PublishOutcome::Forward(id, node)),
             Some(_) => {}
         }
+        // Leadership can move after the entry was appended; the new leader
+        // may still commit it. Re-sending it elsewhere is then only safe when
+        // every item carries an idempotency key; otherwise the caller decides.
+        let keyed = items.iter().all(|i| !i.idempotency_key.is_empty());
         match self.proposer.propose(items).await {
             Ok(accepted) => Ok(PublishOutcome::Done(accepted)),
-            Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id => {
+            Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id && keyed => {
                 Ok(PublishOutcome::Forward(id, node))
             }
             Err(ProposeError::NotLeader(_)) => Err(Rejection::NoLeader),
