@@ -106,7 +106,9 @@ impl Replica {
 
     /// Highest committed log index this node knows.
     pub fn committed_index(&self) -> u64 {
-        self.committed.load(Ordering::Relaxed)
+        // Only applied entries are ever committed: after a restart the stored
+        // commit index may lag what the snapshot and log replay applied.
+        self.committed.load(Ordering::Relaxed).max(self.applied_index())
     }
 
     /// Entries in the local log.
