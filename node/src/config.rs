@@ -43,7 +43,8 @@ pub struct NodeArgs {
     pub grpc_listen: SocketAddr,
 
     /// Address other nodes use to reach this node's gRPC port (host:port;
-    /// a DNS name is fine). Defaults to `--grpc-listen`.
+    /// a DNS name is fine). Defaults to this node's entry in `--peers`, else
+    /// `--grpc-listen`.
     #[arg(long, env = "HERALD_ADVERTISE", default_value = None)]
     pub advertise: Option<String>,
 
@@ -209,8 +210,11 @@ impl NodeArgs {
         if let Some(j) = &self.join {
             check_host_port("--join", j)?;
         }
+        // Without --advertise, peers reach this node where --peers says it is
+        // (a StatefulSet's stable DNS name), else at the listen address.
         let advertise = self
             .advertise
+            .or_else(|| peers.get(&id).cloned())
             .unwrap_or_else(|| self.grpc_listen.to_string());
         check_host_port("--advertise", &advertise)?;
         if let Some(listed) = peers.get(&id)
@@ -313,5 +317,118 @@ impl ConfigError {
     /// Build an error for a TOML key of the policy file.
     pub fn policy(field: impl Into<String>, reason: impl Into<String>) -> Self {
         bad(field, reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let mut all = vec!["herald-node"];
+        all.extend(args);
+        NodeArgs::try_parse_from(all).unwrap().into_config()
+    }
+
+    fn field(args: &[&str]) -> String {
+        parse(args).unwrap_err().field
+    }
+
+    #[test]
+    fn valid_static_cluster() {
+        let c = parse(&[
+            "--id",
+            "2",
+            "--peers",
+            "1=a:1,2=b:2,3=c:3",
+            "--api-key",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(c.peers.len(), 3);
+        // Peers reach it at its --peers entry (e.g. a StatefulSet DNS name).
+        assert_eq!(c.advertise, "b:2");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_field() {
+        assert_eq!(field(&["--peers", "1=a:1", "--api-key", "k"]), "--id");
+        assert_eq!(
+            field(&["--id", "0", "--peers", "1=a:1", "--api-key", "k"]),
+            "--id"
+        );
+        assert_eq!(
+            field(&["--id", "4", "--peers", "1=a:1", "--api-key", "k"]),
+            "--peers"
+        );
+        assert_eq!(
+            field(&["--id", "1", "--peers", "1=nohost", "--api-key", "k"]),
+            "--peers"
+        );
+        assert_eq!(
+            field(&["--id", "1", "--peers", "x=a:1", "--api-key", "k"]),
+            "--peers"
+        );
+        assert_eq!(field(&["--id", "1", "--api-key", "k"]), "--peers");
+        assert_eq!(field(&["--id", "1", "--peers", "1=a:1"]), "--api-key");
+        assert_eq!(
+            field(&[
+                "--id",
+                "1",
+                "--peers",
+                "1=a:1",
+                "--api-key",
+                "k",
+                "--heartbeat-ms",
+                "400"
+            ]),
+            "--election-timeout-ms"
+        );
+        assert!(
+            field(&[
+                "--id",
+                "1",
+                "--peers",
+                "1=a:1",
+                "--api-key",
+                "k",
+                "--config",
+                "/nonexistent"
+            ])
+            .starts_with("--config")
+        );
+    }
+
+    #[test]
+    fn policy_file_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let p = path.to_str().unwrap();
+        std::fs::write(&path, "[namespaces.chat]\nhistory_sise = 3\n").unwrap();
+        let e = parse(&[
+            "--id",
+            "1",
+            "--peers",
+            "1=a:1",
+            "--api-key",
+            "k",
+            "--config",
+            p,
+        ])
+        .unwrap_err();
+        assert!(e.reason.contains("history_sise"), "{e}");
+        std::fs::write(&path, "[namespaces.chat.schemas.m]\ntype = 7\n").unwrap();
+        let e = parse(&[
+            "--id",
+            "1",
+            "--peers",
+            "1=a:1",
+            "--api-key",
+            "k",
+            "--config",
+            p,
+        ])
+        .unwrap_err();
+        assert_eq!(e.field, "namespaces.chat.schemas.m");
     }
 }

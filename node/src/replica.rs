@@ -108,7 +108,9 @@ impl Replica {
     pub fn committed_index(&self) -> u64 {
         // Only applied entries are ever committed: after a restart the stored
         // commit index may lag what the snapshot and log replay applied.
-        self.committed.load(Ordering::Relaxed).max(self.applied_index())
+        self.committed
+            .load(Ordering::Relaxed)
+            .max(self.applied_index())
     }
 
     /// Entries in the local log.
