@@ -44,6 +44,9 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
         let m = r.metrics();
         let why = match m.current_leader {
             None => "no leader known".to_string(),
+            Some(l) if l == m.id && r.applied_index() >= r.committed_index() => {
+                "leader without a quorum".to_string()
+            }
             Some(_) => format!(
                 "applied {} of committed {}",
                 r.applied_index(),

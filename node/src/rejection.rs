@@ -96,6 +96,15 @@ pub enum Rejection {
     /// No leader is known right now (election under way, or no quorum).
     #[error("no Raft leader is known; retry shortly")]
     NoLeader,
+    /// This node leads but has not heard from a majority recently.
+    #[error("the leader cannot reach a majority of voters; retry shortly")]
+    NoQuorum,
+    /// The publish was proposed but not committed in time; it may still be
+    /// committed. Retry with the same idempotency key.
+    #[error(
+        "the publish was not committed in time (it may still be); retry with the same idempotency key"
+    )]
+    CommitTimeout,
     /// The leader is shutting down and handing over.
     #[error("the leader is stepping down; retry shortly")]
     SteppingDown,
@@ -135,6 +144,8 @@ impl Rejection {
             Self::BatchItem { inner, .. } => inner.reason(),
             Self::NoLeader => "NO_LEADER",
             Self::SteppingDown => "LEADER_STEPPING_DOWN",
+            Self::NoQuorum => "NO_QUORUM",
+            Self::CommitTimeout => "COMMIT_TIMEOUT",
             Self::LeaderUnreachable(_) => "LEADER_UNREACHABLE",
             Self::Membership(_) => "MEMBERSHIP_CHANGE_REFUSED",
             Self::RaftFatal(_) => "RAFT_STOPPED",
@@ -148,6 +159,8 @@ impl Rejection {
         match self {
             Self::ChannelNotFound { .. } => Code::NotFound,
             Self::NoLeader
+            | Self::NoQuorum
+            | Self::CommitTimeout
             | Self::SteppingDown
             | Self::LeaderUnreachable(_)
             | Self::RaftFatal(_) => Code::Unavailable,

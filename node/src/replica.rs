@@ -48,6 +48,7 @@ pub struct Replica {
     proposer: Proposer,
     stepping_down: AtomicBool,
     election_timeout: Duration,
+    commit_timeout: Duration,
     published: broadcast::Sender<Arc<Vec<Publication>>>,
 }
 
@@ -81,6 +82,7 @@ impl Replica {
             proposer,
             stepping_down: AtomicBool::new(false),
             election_timeout,
+            commit_timeout: election_timeout * 10,
             published,
         }
     }
@@ -128,8 +130,17 @@ impl Replica {
         let m = self.metrics();
         m.current_leader.is_some()
             && m.running_state.is_ok()
+            && !self.leader_without_quorum(&m)
             && self.applied_index() >= self.committed_index()
             && !self.stepping_down.load(Ordering::Relaxed)
+    }
+
+    /// True on a leader that has not heard from a majority for longer than
+    /// the lease: it keeps its role (openraft does) but cannot commit.
+    fn leader_without_quorum(&self, m: &Metrics) -> bool {
+        m.state == ServerState::Leader
+            && m.millis_since_quorum_ack
+                .is_none_or(|ms| u128::from(ms) > self.election_timeout.as_millis() * 2)
     }
 
     /// Validate one publication against the policy, ready for Raft.
@@ -175,13 +186,21 @@ impl Replica {
         match self.leader() {
             None => return Err(Rejection::NoLeader),
             Some((id, node)) if id != self.id => return Ok(PublishOutcome::Forward(id, node)),
+            Some(_) if self.leader_without_quorum(&self.metrics()) => {
+                return Err(Rejection::NoQuorum);
+            }
             Some(_) => {}
         }
         // Leadership can move after the entry was appended; the new leader
         // may still commit it. Re-sending it elsewhere is then only safe when
         // every item carries an idempotency key; otherwise the caller decides.
         let keyed = items.iter().all(|i| !i.idempotency_key.is_empty());
-        match self.proposer.propose(items).await {
+        let proposed =
+            tokio::time::timeout(self.commit_timeout, self.proposer.propose(items)).await;
+        let Ok(proposed) = proposed else {
+            return Err(Rejection::CommitTimeout);
+        };
+        match proposed {
             Ok(accepted) => Ok(PublishOutcome::Done(accepted)),
             Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id && keyed => {
                 Ok(PublishOutcome::Forward(id, node))
