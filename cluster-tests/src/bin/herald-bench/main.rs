@@ -1,0 +1,88 @@
+//! `herald-bench`: the load generator for a Herald cluster.
+//!
+//! `herald-bench publish` drives the gRPC `Publish` path of a running cluster
+//! (`--server`) or of a `herald dev` cluster it starts itself (`--spawn`),
+//! one step per concurrency level, and reports acknowledged publishes per
+//! second, ack latency percentiles, errors by reason, and the node processes'
+//! CPU and memory. `--smoke` is the short run CI uses so the tool cannot rot.
+//!
+//! This file only parses the command line and maps the outcome to an exit
+//! code; each step of the work lives in its own module.
+
+mod dev;
+mod group_commit;
+mod leader;
+mod publish;
+mod report;
+mod usage;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-bench",
+    version,
+    about = "Load generator for a Herald cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish as fast as N concurrent publishers can, one step per N, and
+    /// report throughput, ack latency and the nodes' CPU and memory.
+    Publish(publish::PublishArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald-bench: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let work = async {
+            match cli.command {
+                Command::Publish(args) => publish::run(args).await,
+            }
+        };
+        // On Ctrl-C or SIGTERM the work future is dropped, which stops a
+        // spawned `herald dev` (see `dev::DevCluster`'s `Drop`) before exiting.
+        let interrupted = async {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            }
+        };
+        tokio::select! {
+            outcome = work => match outcome {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("herald-bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            name = interrupted => {
+                eprintln!("herald-bench: {name}, stopping");
+                ExitCode::from(130)
+            }
+        }
+    })
+}

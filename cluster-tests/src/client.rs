@@ -1,0 +1,280 @@
+//! gRPC clients for the nodes under test, authenticated the way a backend
+//! would be (`authorization: apikey <key>`), plus the retry discipline a
+//! careful publisher follows: same idempotency key, next node, until a
+//! deadline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use herald_proto::v1::admin_client::AdminClient;
+use herald_proto::v1::publisher_client::PublisherClient;
+use herald_proto::v1::{PublishRequest, PublishResponse};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+/// A `Publisher` client with the API key interceptor.
+pub type Publisher = PublisherClient<InterceptedService<Channel, ApiKey>>;
+
+/// An `Admin` client with the API key interceptor.
+pub type Admin = AdminClient<InterceptedService<Channel, ApiKey>>;
+
+/// Adds `authorization: apikey <key>` to every request; `None` sends no
+/// credentials at all (to test that the node refuses them).
+#[derive(Debug, Clone)]
+pub struct ApiKey(Option<MetadataValue<Ascii>>);
+
+impl ApiKey {
+    /// Authenticate with `key`, or not at all.
+    ///
+    /// # Panics
+    /// When `key` is not valid ASCII metadata.
+    pub fn new(key: Option<&str>) -> Self {
+        Self(key.map(|k| {
+            format!("apikey {k}")
+                .parse()
+                .expect("API key must be printable ASCII")
+        }))
+    }
+}
+
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A lazily connected channel to `addr`: creating it never fails, and a dead
+/// node shows up as `UNAVAILABLE` on the first call, which is exactly what a
+/// publisher rotating between nodes needs. Must be called inside a tokio
+/// runtime.
+///
+/// The per-request timeout is a hang guard (a paused node never answers).
+pub fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address is a valid URI")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy()
+}
+
+/// A `Publisher` client for the node at `addr`.
+pub fn publisher_at(addr: SocketAddr, key: Option<&str>) -> Publisher {
+    PublisherClient::with_interceptor(channel(addr), ApiKey::new(key))
+        .max_decoding_message_size(64 * 1024 * 1024)
+}
+
+/// An `Admin` client for the node at `addr`.
+pub fn admin_at(addr: SocketAddr, key: Option<&str>) -> Admin {
+    AdminClient::with_interceptor(channel(addr), ApiKey::new(key))
+}
+
+/// The `google.rpc.ErrorInfo.reason` of a Herald error, if it carries one.
+pub fn reason_of(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+/// The `google.rpc.ErrorInfo.metadata` of a Herald error (empty if none).
+pub fn error_metadata(status: &Status) -> HashMap<String, String> {
+    status
+        .get_details_error_info()
+        .map(|info| info.metadata)
+        .unwrap_or_default()
+}
+
+/// Whether a publish that failed this way may have been lost in transit and
+/// is safe to retry with the same idempotency key on another node: the node
+/// was unreachable, died mid-call, timed out, or had no leader.
+pub fn is_retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Aborted
+    )
+}
+
+/// A publisher that retries on retryable errors with the same request (so
+/// the same idempotency key), moving to the next node each time, until a
+/// deadline. Any other error is returned at once.
+#[derive(Debug, Clone)]
+pub struct RotatingPublisher {
+    clients: Vec<(u64, Publisher)>,
+    next: usize,
+    attempt_timeout: Duration,
+    /// Retried attempts so far, across all publishes.
+    pub retries: u64,
+}
+
+/// Why [`RotatingPublisher::publish`] gave up.
+#[derive(Debug, Clone)]
+pub struct PublishFailure {
+    /// The last error seen.
+    pub last: Status,
+    /// Attempts made for this publish.
+    pub attempts: u32,
+    /// Whether the deadline ran out (otherwise the error was not retryable).
+    pub timed_out: bool,
+}
+
+impl std::fmt::Display for PublishFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} after {} attempt(s){}: {:?} {} (reason {:?})",
+            if self.timed_out { "gave up" } else { "failed" },
+            self.attempts,
+            if self.timed_out { " (deadline)" } else { "" },
+            self.last.code(),
+            self.last.message(),
+            reason_of(&self.last)
+        )
+    }
+}
+
+impl std::error::Error for PublishFailure {}
+
+impl RotatingPublisher {
+    /// Rotate over `clients` (node id, client), starting at index `start`.
+    ///
+    /// # Panics
+    /// When `clients` is empty.
+    pub fn new(clients: Vec<(u64, Publisher)>, start: usize) -> Self {
+        assert!(
+            !clients.is_empty(),
+            "a rotating publisher needs at least one node"
+        );
+        let next = start % clients.len();
+        Self {
+            clients,
+            next,
+            attempt_timeout: Duration::from_secs(10),
+            retries: 0,
+        }
+    }
+
+    /// Give up on one attempt (and retry elsewhere) after `timeout`; 10 s
+    /// unless set. A frozen node accepts connections but never answers, so
+    /// without this a publisher would wait for the channel's own timeout.
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The node the next attempt goes to.
+    pub fn current_node(&self) -> u64 {
+        self.clients[self.next].0
+    }
+
+    /// Publish `req`, retrying as described on the type, for at most `patience`.
+    pub async fn publish(
+        &mut self,
+        req: PublishRequest,
+        patience: Duration,
+    ) -> Result<PublishResponse, PublishFailure> {
+        let deadline = Instant::now() + patience;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let client = &mut self.clients[self.next].1;
+            let attempt = tokio::time::timeout(self.attempt_timeout, client.publish(req.clone()));
+            let result = match attempt.await {
+                Ok(result) => result,
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "no answer from node {} within {:?}",
+                    self.clients[self.next].0, self.attempt_timeout
+                ))),
+            };
+            match result {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(status) if is_retryable(&status) => {
+                    self.next = (self.next + 1) % self.clients.len();
+                    if Instant::now() >= deadline {
+                        return Err(PublishFailure {
+                            last: status,
+                            attempts,
+                            timed_out: true,
+                        });
+                    }
+                    self.retries += 1;
+                    // Every node may be down or electing: back off a little so
+                    // retries do not spin on a refused connection.
+                    let pause = Duration::from_millis(20 * u64::from(attempts.min(10)));
+                    tokio::time::sleep(pause).await;
+                }
+                Err(status) => {
+                    return Err(PublishFailure {
+                        last: status,
+                        attempts,
+                        timed_out: false,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `GET path` on a node's operations listener (`/healthz`, `/readyz`,
+/// `/metrics`) over plain HTTP/1.1: the status code and the body. A hang
+/// guard of 10 s applies.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("GET {path} on {addr}"),
+            )
+        })??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+/// Decode a chunked HTTP/1.1 body (enough for the node's small responses).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}

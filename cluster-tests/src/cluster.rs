@@ -1,0 +1,578 @@
+//! A local Herald cluster: n `herald-node` processes on loopback, each with
+//! its own data directory under one temporary directory, sharing an API key
+//! and a channel policy file.
+//!
+//! Dropping a [`Cluster`] kills every node; when the drop happens because a
+//! test panicked, the tail of every node's log is printed first (and the
+//! temporary directory is kept if `HERALD_KEEP_TEST_DIRS` is set), so a
+//! failure in CI can be diagnosed from its output alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use herald_proto::v1::{
+    ClusterStatusRequest, ClusterStatusResponse, HistoryRequest, HistoryResponse,
+};
+use tempfile::TempDir;
+use tonic::Status;
+
+use crate::binary;
+use crate::client::{self, Admin, Publisher, RotatingPublisher};
+use crate::process::NodeProc;
+
+/// How to start the nodes of a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The channel policy (`[limits]`, `[namespaces.<name>]`) as TOML,
+    /// written to a file and passed as `--config` to every node.
+    pub policy: Option<String>,
+    /// The API key every node accepts and every harness client sends.
+    pub api_key: String,
+    /// `--heartbeat-ms`.
+    pub heartbeat_ms: u64,
+    /// `--election-timeout-ms`.
+    pub election_timeout_ms: u64,
+    /// `--snapshot-every`, when not the node's default.
+    pub snapshot_every: Option<u64>,
+    /// `--log` (a `RUST_LOG`-style filter). Defaults to `HERALD_TEST_LOG`
+    /// when set, else `info` with openraft's per-message chatter muted so
+    /// a failing test's log tails show the node's own story.
+    pub log: String,
+    /// Further flags for every node.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            policy: None,
+            api_key: "herald-test-key".to_string(),
+            // Short Raft timers keep fail-over fast in tests.
+            heartbeat_ms: 50,
+            election_timeout_ms: 300,
+            snapshot_every: None,
+            log: std::env::var("HERALD_TEST_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn".to_string()),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// These options with `policy` as the channel policy file.
+    pub fn with_policy(mut self, policy: impl Into<String>) -> Self {
+        self.policy = Some(policy.into());
+        self
+    }
+}
+
+/// Hang guard for a single status call: a paused or dying node never answers.
+const STATUS_CALL_GUARD: Duration = Duration::from_secs(3);
+
+/// How many log lines of each node a failing test prints.
+const LOG_TAIL_LINES: usize = 80;
+
+/// Only one cluster runs at a time in a test process: the CI machines have
+/// two cores, and Raft with 300 ms election timeouts elects spuriously when
+/// two clusters under load starve each other. Tests in one binary still run
+/// on several threads; they queue here.
+struct Gate {
+    busy: Mutex<bool>,
+    freed: Condvar,
+}
+
+static GATE: Gate = Gate {
+    busy: Mutex::new(false),
+    freed: Condvar::new(),
+};
+
+/// The right to run a cluster, released on drop.
+#[derive(Debug)]
+struct Slot(());
+
+impl Slot {
+    fn acquire() -> Self {
+        let mut busy = GATE.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy {
+            busy = GATE.freed.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy = true;
+        Slot(())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *GATE.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        GATE.freed.notify_one();
+    }
+}
+
+/// `n` distinct free loopback ports. The listeners are held until all are
+/// chosen so the same port is not handed out twice; another process could
+/// still take one before the node binds it, which is rare enough on a test
+/// machine to accept.
+fn free_addrs(n: usize) -> std::io::Result<Vec<SocketAddr>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners.iter().map(TcpListener::local_addr).collect()
+}
+
+/// A set of `herald-node` processes forming one cluster.
+pub struct Cluster {
+    nodes: BTreeMap<u64, NodeProc>,
+    opts: ClusterOptions,
+    policy_path: Option<PathBuf>,
+    // Field order matters for Drop: processes die before their directory is
+    // removed, and the slot is released last.
+    dir: Option<TempDir>,
+    _slot: Slot,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("dir", &self.dir())
+            .field("nodes", &self.nodes.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Start nodes `1..=n` as the initial voters and wait (hang guard: 60 s)
+    /// until they agree on a leader. Must be called inside a tokio runtime.
+    pub async fn start(n: usize, opts: ClusterOptions) -> anyhow::Result<Self> {
+        assert!(n > 0, "a cluster needs at least one node");
+        let binary = binary::herald_node();
+        let slot = Slot::acquire();
+        let dir = tempfile::Builder::new()
+            .prefix("herald-cluster-")
+            .tempdir()?;
+        let policy_path = match &opts.policy {
+            None => None,
+            Some(toml) => {
+                let path = dir.path().join("policy.toml");
+                std::fs::write(&path, toml)?;
+                Some(path)
+            }
+        };
+        let addrs = free_addrs(2 * n)?;
+        let grpc: BTreeMap<u64, SocketAddr> = (1..=n as u64).zip(addrs.iter().copied()).collect();
+        let http: Vec<SocketAddr> = addrs[n..].to_vec();
+        let peers = grpc
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            nodes: BTreeMap::new(),
+            opts,
+            policy_path,
+            dir: Some(dir),
+            _slot: slot,
+        };
+        for (i, (&id, &grpc_addr)) in grpc.iter().enumerate() {
+            let mut extra = vec![OsString::from("--peers"), peers.clone().into()];
+            extra.extend(cluster.opts.extra_args.iter().map(OsString::from));
+            cluster.spawn_node(binary, id, grpc_addr, http[i], extra)?;
+        }
+        if let Err(e) = cluster.wait_for_leader(Duration::from_secs(60)).await {
+            // The cluster is dropped here without a panic, so its logs
+            // would otherwise never be seen.
+            bail!("{e:#}\n{}", cluster.log_tails());
+        }
+        Ok(cluster)
+    }
+
+    fn spawn_node(
+        &mut self,
+        binary: &Path,
+        id: u64,
+        grpc_addr: SocketAddr,
+        http_addr: SocketAddr,
+        extra: Vec<OsString>,
+    ) -> anyhow::Result<&mut NodeProc> {
+        let data_dir = self.dir().join(format!("node-{id}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let log_path = self.dir().join(format!("node-{id}.log"));
+        let mut args: Vec<OsString> = vec![
+            "--id".into(),
+            id.to_string().into(),
+            "--data-dir".into(),
+            data_dir.clone().into(),
+            "--grpc-listen".into(),
+            grpc_addr.to_string().into(),
+            "--http-listen".into(),
+            http_addr.to_string().into(),
+            "--api-key".into(),
+            self.opts.api_key.clone().into(),
+            "--heartbeat-ms".into(),
+            self.opts.heartbeat_ms.to_string().into(),
+            "--election-timeout-ms".into(),
+            self.opts.election_timeout_ms.to_string().into(),
+            "--log".into(),
+            self.opts.log.clone().into(),
+        ];
+        if let Some(every) = self.opts.snapshot_every {
+            args.extend(["--snapshot-every".into(), every.to_string().into()]);
+        }
+        if let Some(policy) = &self.policy_path {
+            args.extend(["--config".into(), policy.clone().into()]);
+        }
+        args.extend(extra);
+        let node = NodeProc::spawn(id, binary, args, grpc_addr, http_addr, data_dir, log_path)
+            .with_context(|| format!("spawning node {id}"))?;
+        self.nodes.insert(id, node);
+        Ok(self.nodes.get_mut(&id).expect("just inserted"))
+    }
+
+    /// Start node `id` on fresh ports with an empty data directory, joining
+    /// the cluster through a running node (`--join`); with `learner` it stays
+    /// a non-voting learner (`--learner`). Returns once the process is
+    /// started; wait for its membership with [`Cluster::wait_for_member`].
+    pub fn add_node(&mut self, id: u64, learner: bool) -> anyhow::Result<&mut NodeProc> {
+        if self.nodes.contains_key(&id) {
+            bail!("node {id} already exists");
+        }
+        let via = self
+            .running_ids()
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("no running node to join through"))?;
+        let via = self.nodes[&via].grpc_addr();
+        let addrs = free_addrs(2)?;
+        let mut extra = vec![OsString::from("--join"), via.to_string().into()];
+        if learner {
+            extra.push("--learner".into());
+        }
+        extra.extend(self.opts.extra_args.iter().map(OsString::from));
+        self.spawn_node(binary::herald_node(), id, addrs[0], addrs[1], extra)
+    }
+
+    /// The temporary directory holding data directories, logs and the policy.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("present until drop").path()
+    }
+
+    /// The options the cluster was started with.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    /// Ids of every node the harness started (running or not).
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Ids of the nodes whose process is running and not paused.
+    pub fn running_ids(&mut self) -> Vec<u64> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|(&id, n)| (n.is_running() && !n.is_paused()).then_some(id))
+            .collect()
+    }
+
+    /// The node `id`.
+    ///
+    /// # Panics
+    /// When there is no such node.
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// The node `id`, to inject a fault or restart it.
+    ///
+    /// # Panics
+    /// When there is no such node.
+    pub fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Forget node `id` (killing it if still running), e.g. after removing
+    /// it from the cluster. Its data and log stay in [`Cluster::dir`].
+    pub fn forget_node(&mut self, id: u64) -> Option<NodeProc> {
+        self.nodes.remove(&id)
+    }
+
+    /// A `Publisher` client for node `id`, authenticated with the cluster's key.
+    pub fn publisher(&self, id: u64) -> Publisher {
+        client::publisher_at(self.node(id).grpc_addr(), Some(&self.opts.api_key))
+    }
+
+    /// A `Publisher` client for node `id` sending `key` (or no key at all).
+    pub fn publisher_with_key(&self, id: u64, key: Option<&str>) -> Publisher {
+        client::publisher_at(self.node(id).grpc_addr(), key)
+    }
+
+    /// An `Admin` client for node `id`, authenticated with the cluster's key.
+    pub fn admin(&self, id: u64) -> Admin {
+        client::admin_at(self.node(id).grpc_addr(), Some(&self.opts.api_key))
+    }
+
+    /// A publisher rotating over `ids` (in that order), starting at `start`.
+    pub fn rotating_publisher(&self, ids: &[u64], start: usize) -> RotatingPublisher {
+        RotatingPublisher::new(
+            ids.iter().map(|&id| (id, self.publisher(id))).collect(),
+            start,
+        )
+    }
+
+    /// `ClusterStatus` as node `id` sees it.
+    pub async fn status(&self, id: u64) -> Result<ClusterStatusResponse, Status> {
+        let mut client = self.publisher(id);
+        match tokio::time::timeout(
+            STATUS_CALL_GUARD,
+            client.cluster_status(ClusterStatusRequest {}),
+        )
+        .await
+        {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "node {id} did not answer ClusterStatus"
+            ))),
+        }
+    }
+
+    /// Node `id`'s local (not linearizable) history of `channel`, oldest
+    /// first, at most `limit` publications.
+    pub async fn history(
+        &self,
+        id: u64,
+        channel: &str,
+        limit: u32,
+    ) -> Result<HistoryResponse, Status> {
+        let req = HistoryRequest {
+            channel: channel.to_string(),
+            since: None,
+            limit,
+            reverse: false,
+            linearizable: false,
+        };
+        self.publisher(id)
+            .history(req)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Fail with the node's log if a node the harness did not stop has exited.
+    fn check_no_crash(&mut self) -> anyhow::Result<()> {
+        for (id, node) in &mut self.nodes {
+            if let Some(status) = node.unexpected_exit() {
+                bail!("node {id} exited on its own ({status}); see its log");
+            }
+        }
+        Ok(())
+    }
+
+    /// Status of every running node, or the first error.
+    async fn statuses(&mut self) -> Result<BTreeMap<u64, ClusterStatusResponse>, String> {
+        let mut out = BTreeMap::new();
+        // One call per node, each under a hang guard: sequential is simple
+        // and bounded.
+        for id in self.running_ids() {
+            match self.status(id).await {
+                Ok(s) => {
+                    out.insert(id, s);
+                }
+                Err(e) => return Err(format!("node {id}: {:?} {}", e.code(), e.message())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Wait until every running node answers `ClusterStatus` naming the same
+    /// leader, and that leader reports itself `leader`. Returns its id.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            self.check_no_crash()?;
+            match self.statuses().await {
+                Err(e) => last = e,
+                Ok(all) => {
+                    let leaders: BTreeSet<Option<u64>> =
+                        all.values().map(|s| s.leader_id).collect();
+                    match (leaders.len(), leaders.first().copied().flatten()) {
+                        (1, Some(leader)) => match all.get(&leader) {
+                            Some(s) if s.state == "leader" => return Ok(leader),
+                            Some(s) => {
+                                last = format!("named leader {leader} says it is {}", s.state)
+                            }
+                            None => last = format!("named leader {leader} is not a running node"),
+                        },
+                        _ => last = format!("no agreement on the leader: {:?}", brief(&all)),
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("no agreed leader within {timeout:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until there is an agreed leader whose whole log is committed,
+    /// and every running node has applied exactly the leader's committed
+    /// index: after this, local reads on every node see the same state.
+    pub async fn wait_converged(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            self.check_no_crash()?;
+            match self.statuses().await {
+                Err(e) => last = e,
+                Ok(all) => {
+                    let leader = all.values().find(|s| s.state == "leader");
+                    match leader {
+                        None => last = format!("no leader: {:?}", brief(&all)),
+                        Some(l) => {
+                            let target = l.committed_index;
+                            let agreed = all.values().all(|s| s.leader_id == Some(l.node_id));
+                            if agreed
+                                && l.last_log_index == target
+                                && all.values().all(|s| s.applied_index == target)
+                            {
+                                return Ok(());
+                            }
+                            last = format!(
+                                "leader {} committed {target}: {:?}",
+                                l.node_id,
+                                brief(&all)
+                            );
+                            for s in all.values().filter(|s| s.applied_index > s.committed_index) {
+                                last.push_str(&format!(
+                                    "; node {} reports applied_index {} above its committed_index {}",
+                                    s.node_id, s.applied_index, s.committed_index
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("not converged within {timeout:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until the leader's `ClusterStatus` lists node `id` with `role`
+    /// (`"voter"` or `"learner"`), or does not list it when `role` is `None`.
+    /// Returns the leader's status at that moment.
+    pub async fn wait_for_member(
+        &mut self,
+        id: u64,
+        role: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<ClusterStatusResponse> {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            self.check_no_crash()?;
+            match self.statuses().await {
+                Err(e) => last = e,
+                Ok(all) => match all.values().find(|s| s.state == "leader") {
+                    None => last = format!("no leader: {:?}", brief(&all)),
+                    Some(s) => {
+                        let found = s
+                            .members
+                            .iter()
+                            .find(|m| m.id == id)
+                            .map(|m| m.role.as_str());
+                        if found == role {
+                            return Ok(s.clone());
+                        }
+                        last = format!(
+                            "leader {} lists node {id} as {found:?}; members {:?}",
+                            s.node_id,
+                            members(s)
+                        );
+                    }
+                },
+            }
+            if Instant::now() >= deadline {
+                bail!("node {id} not {role:?} within {timeout:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last lines of every node's log, headed by the node id.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for (id, node) in &self.nodes {
+            out.push_str(&format!(
+                "\n----- node {id} ({}) last {LOG_TAIL_LINES} lines -----\n{}\n",
+                node.log_path().display(),
+                node.log_tail(LOG_TAIL_LINES)
+            ));
+        }
+        out
+    }
+}
+
+/// `(id, role)` of every member in a status.
+pub fn members(status: &ClusterStatusResponse) -> Vec<(u64, String)> {
+    status
+        .members
+        .iter()
+        .map(|m| (m.id, m.role.clone()))
+        .collect()
+}
+
+/// Ids of the voters in a status.
+pub fn voters(status: &ClusterStatusResponse) -> BTreeSet<u64> {
+    status
+        .members
+        .iter()
+        .filter(|m| m.role == "voter")
+        .map(|m| m.id)
+        .collect()
+}
+
+fn brief(all: &BTreeMap<u64, ClusterStatusResponse>) -> Vec<String> {
+    all.values()
+        .map(|s| {
+            format!(
+                "n{} {} leader={:?} term={} last={} committed={} applied={}",
+                s.node_id,
+                s.state,
+                s.leader_id,
+                s.term,
+                s.last_log_index,
+                s.committed_index,
+                s.applied_index
+            )
+        })
+        .collect()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\n===== herald cluster in {} (test panicked) =====",
+                self.dir().display()
+            );
+            eprintln!("{}", self.log_tails());
+            if std::env::var_os("HERALD_KEEP_TEST_DIRS").is_some()
+                && let Some(dir) = self.dir.take()
+            {
+                eprintln!("kept {}", dir.keep().display());
+            }
+        }
+        for node in self.nodes.values_mut() {
+            let _ = node.kill();
+        }
+    }
+}

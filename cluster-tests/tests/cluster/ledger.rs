@@ -1,0 +1,310 @@
+//! The publisher's side of the story: which publications were sent, which
+//! were acknowledged at which `(epoch, offset)`, and the check of a node's
+//! history against that record (guarantees 1 and 5).
+//!
+//! Each publication carries a unique id in its payload (`{"id":N}`), so a
+//! duplicate in history is visible even if the node lost or rewrote the
+//! idempotency key.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use herald_cluster_tests::Cluster;
+use herald_proto::v1::{HistoryResponse, PublishRequest, PublishResponse};
+
+/// An acknowledged publish as the publisher saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ack {
+    pub(crate) offset: u64,
+    pub(crate) epoch: String,
+}
+
+/// Everything sent, by publication id.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    /// Channel of every publication ever sent.
+    sent: BTreeMap<u64, String>,
+    acked: BTreeMap<u64, Ack>,
+    failed: BTreeMap<u64, String>,
+    /// Acknowledgements flagged `duplicate` (a retry found the original).
+    pub(crate) duplicates: u64,
+}
+
+/// The request for publication `id` on `channel`: JSON payload with the id,
+/// idempotency key derived from the id.
+pub(crate) fn request(id: u64, channel: &str) -> PublishRequest {
+    PublishRequest {
+        channel: channel.to_string(),
+        event_type: "tick".to_string(),
+        data: format!("{{\"id\":{id}}}").into_bytes().into(),
+        content_type: "application/json".to_string(),
+        idempotency_key: format!("pub-{id}"),
+        headers: Default::default(),
+    }
+}
+
+/// The id in a payload made by [`request`].
+pub(crate) fn payload_id(data: &[u8]) -> Option<u64> {
+    std::str::from_utf8(data)
+        .ok()?
+        .strip_prefix("{\"id\":")?
+        .strip_suffix('}')?
+        .parse()
+        .ok()
+}
+
+impl Ledger {
+    /// Note that publication `id` is about to be sent to `channel`.
+    pub(crate) fn sent(&mut self, id: u64, channel: &str) {
+        self.sent.insert(id, channel.to_string());
+    }
+
+    /// Note the acknowledgement of publication `id`.
+    pub(crate) fn acked(&mut self, id: u64, resp: &PublishResponse) {
+        if resp.duplicate {
+            self.duplicates += 1;
+        }
+        self.acked.insert(
+            id,
+            Ack {
+                offset: resp.offset,
+                epoch: resp.epoch.clone(),
+            },
+        );
+    }
+
+    /// Note that publication `id` was never acknowledged.
+    pub(crate) fn failed(&mut self, id: u64, why: String) {
+        self.failed.insert(id, why);
+    }
+
+    /// How many publications were acknowledged.
+    pub(crate) fn acked_count(&self) -> usize {
+        self.acked.len()
+    }
+
+    /// Unacknowledged publications with the last error of each (at most 10).
+    pub(crate) fn failures(&self) -> (usize, Vec<(u64, String)>) {
+        (
+            self.failed.len(),
+            self.failed
+                .iter()
+                .take(10)
+                .map(|(id, e)| (*id, e.clone()))
+                .collect(),
+        )
+    }
+
+    /// Every channel that was sent to.
+    pub(crate) fn channels(&self) -> BTreeSet<String> {
+        self.sent.values().cloned().collect()
+    }
+
+    /// Check one node's full history of `channel` against the ledger and
+    /// return every violation found:
+    /// * offsets are exactly `1..=n` in order (no gap, no reordering) and the
+    ///   response's newest offset is `n`; one epoch throughout;
+    /// * every publication is one this test sent to this channel, and none
+    ///   appears twice (acknowledged or not);
+    /// * every acknowledged publication is there, at its acknowledged offset
+    ///   and epoch.
+    pub(crate) fn check_channel(
+        &self,
+        node: u64,
+        channel: &str,
+        history: &HistoryResponse,
+    ) -> Vec<String> {
+        let mut bad = Vec::new();
+        let pubs = &history.publications;
+        let offsets: Vec<u64> = pubs.iter().map(|p| p.offset).collect();
+        let expected: Vec<u64> = (1..=pubs.len() as u64).collect();
+        if offsets != expected {
+            bad.push(format!(
+                "node {node} {channel}: offsets are not 1..={}: {}",
+                pubs.len(),
+                runs(&offsets)
+            ));
+        }
+        if history.offset != pubs.len() as u64 {
+            bad.push(format!(
+                "node {node} {channel}: newest offset {} but {} publications",
+                history.offset,
+                pubs.len()
+            ));
+        }
+        let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
+        for p in pubs {
+            if p.epoch != history.epoch {
+                bad.push(format!(
+                    "node {node} {channel}@{}: epoch {:?} != channel epoch {:?}",
+                    p.offset, p.epoch, history.epoch
+                ));
+            }
+            if p.channel != channel {
+                bad.push(format!(
+                    "node {node} {channel}@{}: publication names channel {:?}",
+                    p.offset, p.channel
+                ));
+            }
+            let Some(id) = payload_id(&p.data) else {
+                bad.push(format!(
+                    "node {node} {channel}@{}: payload {:?} is not ours",
+                    p.offset, p.data
+                ));
+                continue;
+            };
+            match self.sent.get(&id) {
+                None => bad.push(format!(
+                    "node {node} {channel}@{}: id {id} was never sent",
+                    p.offset
+                )),
+                Some(c) if c != channel => bad.push(format!(
+                    "node {node} {channel}@{}: id {id} was sent to {c}",
+                    p.offset
+                )),
+                Some(_) => {}
+            }
+            if let Some(first) = seen.insert(id, p.offset) {
+                bad.push(format!(
+                    "node {node} {channel}: id {id} stored twice, at offsets {first} and {}",
+                    p.offset
+                ));
+            }
+        }
+        for (id, ack) in &self.acked {
+            if self.sent.get(id).map(String::as_str) != Some(channel) {
+                continue;
+            }
+            match seen.get(id) {
+                None => bad.push(format!(
+                    "node {node} {channel}: acknowledged id {id} (offset {}) is missing",
+                    ack.offset
+                )),
+                Some(&at) if at != ack.offset => bad.push(format!(
+                    "node {node} {channel}: acknowledged id {id} at offset {} but stored at {at}",
+                    ack.offset
+                )),
+                Some(_) if ack.epoch != history.epoch => bad.push(format!(
+                    "node {node} {channel}: id {id} acknowledged in epoch {:?}, channel epoch is {:?}",
+                    ack.epoch, history.epoch
+                )),
+                Some(_) => {}
+            }
+        }
+        bad
+    }
+}
+
+/// `1..=5, 7, 9..=12`: a compact view of an offset sequence for messages.
+fn runs(offsets: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < offsets.len() {
+        let start = offsets[i];
+        let mut j = i;
+        while j + 1 < offsets.len() && offsets[j + 1] == offsets[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            start.to_string()
+        } else {
+            format!("{start}..={}", offsets[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+/// Fail the test with the first violations, if any.
+pub(crate) fn assert_no_violations(what: &str, violations: &[String]) {
+    if !violations.is_empty() {
+        let shown: Vec<&str> = violations.iter().take(40).map(String::as_str).collect();
+        panic!(
+            "{what}: {} violation(s), first ones:\n  {}",
+            violations.len(),
+            shown.join("\n  ")
+        );
+    }
+}
+
+/// Node `node`'s local history of each of `channels` (at most `limit`
+/// publications each), after the caller made sure it has applied everything.
+///
+/// # Panics
+/// When a History call fails.
+pub(crate) async fn histories(
+    cluster: &Cluster,
+    node: u64,
+    channels: &BTreeSet<String>,
+    limit: u32,
+) -> BTreeMap<String, HistoryResponse> {
+    let mut out = BTreeMap::new();
+    for channel in channels {
+        let h = cluster
+            .history(node, channel, limit)
+            .await
+            .unwrap_or_else(|e| panic!("History({channel}) on node {node}: {e:?}"));
+        out.insert(channel.clone(), h);
+    }
+    out
+}
+
+/// Every violation of `ledger` in every channel of one node's histories.
+pub(crate) fn check_node(
+    ledger: &Ledger,
+    node: u64,
+    histories: &BTreeMap<String, HistoryResponse>,
+) -> Vec<String> {
+    histories
+        .iter()
+        .flat_map(|(channel, h)| ledger.check_channel(node, channel, h))
+        .collect()
+}
+
+/// Channels whose history differs between two nodes.
+pub(crate) fn differing_channels(
+    a: &BTreeMap<String, HistoryResponse>,
+    b: &BTreeMap<String, HistoryResponse>,
+) -> Vec<String> {
+    a.keys()
+        .chain(b.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|c| a.get(*c) != b.get(*c))
+        .cloned()
+        .collect()
+}
+
+/// After convergence: every node in `nodes` holds, for every channel of the
+/// ledger, a history without violations, and all of them hold the same one.
+pub(crate) async fn assert_every_node_agrees(
+    cluster: &Cluster,
+    ledger: &Ledger,
+    nodes: &[u64],
+    limit: u32,
+) {
+    let channels = ledger.channels();
+    let mut reference: Option<(u64, BTreeMap<String, HistoryResponse>)> = None;
+    for &id in nodes {
+        let histories = histories(cluster, id, &channels, limit).await;
+        assert_no_violations(&format!("node {id}"), &check_node(ledger, id, &histories));
+        match &reference {
+            None => reference = Some((id, histories)),
+            Some((first, theirs)) => {
+                let differ = differing_channels(theirs, &histories);
+                assert!(
+                    differ.is_empty(),
+                    "nodes {first} and {id} disagree on the history of {differ:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Liveness after the faults healed: every publish was acknowledged.
+pub(crate) fn assert_all_acknowledged(ledger: &Ledger) {
+    let (failed, examples) = ledger.failures();
+    assert_eq!(
+        failed, 0,
+        "publishes never acknowledged (id, last error): {examples:#?}"
+    );
+}

@@ -1,0 +1,25 @@
+//! Multi-process tests of `herald-node`: one module per scenario, each
+//! naming the guarantee of `DESIGN.md` it proves. Every test starts its own
+//! cluster of real processes (see the `herald_cluster_tests` harness), and
+//! clusters run one at a time within this binary.
+//!
+//! | module | proves |
+//! |---|---|
+//! | `leader_crash` | 1 and 5: SIGKILL of the leader under load loses no ack, stores no retry twice |
+//! | `leader_pause` | 1 and 5: a frozen (SIGSTOP) leader is replaced and steps down on waking |
+//! | `full_restart` | 1 and 3's premise: history, offsets and epochs survive restarting every node |
+//! | `membership` | 1: joining (via snapshot) and removing nodes under load loses nothing |
+//! | `validation` | 5 and 6: idempotent retries, schema and limit errors with stable reasons, auth, forwarding, batches, `History` windows |
+//! | `health` | Operations: liveness independent of quorum, readiness dependent on it |
+//!
+//! `ledger` (what was sent and acknowledged, and the history check) and
+//! `load` (careful concurrent publishers) are shared by the load scenarios.
+
+mod full_restart;
+mod health;
+mod leader_crash;
+mod leader_pause;
+mod ledger;
+mod load;
+mod membership;
+mod validation;
