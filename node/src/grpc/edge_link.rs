@@ -44,7 +44,7 @@ pub trait HistorySource {
     fn max_limit(&self) -> u32;
 }
 
-impl HistorySource for Replica {
+impl HistorySource for Arc<Replica> {
     fn read(
         &self,
         channel: &str,
@@ -269,23 +269,6 @@ impl EdgeLink for EdgeLinkService {
     }
 }
 
-/// `Arc<Replica>` reads history for a session.
-struct Shared(Arc<Replica>);
-
-impl HistorySource for Shared {
-    fn read(
-        &self,
-        channel: &str,
-        since: Option<&Since>,
-        limit: u32,
-    ) -> Result<HistoryPage, Rejection> {
-        self.0.read(channel, since, limit)
-    }
-    fn max_limit(&self) -> u32 {
-        self.0.max_limit()
-    }
-}
-
 async fn run_session(
     replica: Arc<Replica>,
     mut inbound: Streaming<EdgeMessage>,
@@ -293,7 +276,7 @@ async fn run_session(
     tx: mpsc::Sender<Result<NodeMessage, Status>>,
 ) {
     metrics::gauge!("herald_edge_links").increment(1.0);
-    let mut session = Session::new(Shared(replica));
+    let mut session = Session::new(replica);
     let mut out = Vec::new();
     loop {
         tokio::select! {

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use super::{StorageError, TypeConfig, decode, encode};
 
@@ -81,17 +83,27 @@ impl LogStore {
 
     fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
         let bytes = encode(value);
-        blocking(|| {
-            let tx = self
-                .db
-                .begin_write()
-                .map_err(|e| StorageIOError::write(&e))?;
-            tx.open_table(META)
-                .map_err(|e| StorageIOError::write(&e))?
-                .insert(key, bytes.as_slice())
-                .map_err(|e| StorageIOError::write(&e))?;
-            tx.commit().map_err(|e| StorageIOError::write(&e))?;
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(META)?.insert(key, bytes.as_slice())?;
             Ok(())
+        })
+    }
+
+    /// One write transaction; every redb failure becomes a storage error.
+    fn write(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StorageError> {
+        blocking(|| {
+            let run = || -> Result<(), redb::Error> {
+                let mut tx = self.db.begin_write()?;
+                tx.set_durability(durability)?;
+                f(&tx)?;
+                tx.commit()?;
+                Ok(())
+            };
+            run().map_err(|e| StorageIOError::write_logs(&e).into())
         })
     }
 }
@@ -185,18 +197,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Losing the latest commit index in a crash is harmless (it is
         // re-learned from the leader), so this write is not fsynced.
         let bytes = encode(&committed);
-        blocking(|| {
-            let mut tx = self
-                .db
-                .begin_write()
-                .map_err(|e| StorageIOError::write(&e))?;
-            tx.set_durability(redb::Durability::None)
-                .map_err(|e| StorageIOError::write(&e))?;
-            tx.open_table(META)
-                .map_err(|e| StorageIOError::write(&e))?
-                .insert(COMMITTED, bytes.as_slice())
-                .map_err(|e| StorageIOError::write(&e))?;
-            tx.commit().map_err(|e| StorageIOError::write(&e))?;
+        self.write(Durability::None, |tx| {
+            tx.open_table(META)?.insert(COMMITTED, bytes.as_slice())?;
             Ok(())
         })
     }
@@ -219,22 +221,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| (e.log_id.index, encode(&e)))
             .collect();
         let n = encoded.len() as u64;
-        let res = blocking(|| {
-            let tx = self
-                .db
-                .begin_write()
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            {
-                let mut t = tx
-                    .open_table(LOG)
-                    .map_err(|e| StorageIOError::write_logs(&e))?;
-                for (index, bytes) in &encoded {
-                    t.insert(*index, bytes.as_slice())
-                        .map_err(|e| StorageIOError::write_logs(&e))?;
-                }
+        let res = self.write(Durability::Immediate, |tx| {
+            let mut t = tx.open_table(LOG)?;
+            for (index, bytes) in &encoded {
+                t.insert(*index, bytes.as_slice())?;
             }
-            tx.commit().map_err(|e| StorageIOError::write_logs(&e))?;
-            Ok::<_, StorageError>(())
+            Ok(())
         });
         metrics::counter!("herald_raft_log_appended_entries_total").increment(n);
         match res {
@@ -250,36 +242,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
-        blocking(|| {
-            let tx = self
-                .db
-                .begin_write()
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            tx.open_table(LOG)
-                .map_err(|e| StorageIOError::write_logs(&e))?
-                .retain_in(log_id.index.., |_, _| false)
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            tx.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(LOG)?
+                .retain_in(log_id.index.., |_, _| false)?;
             Ok(())
         })
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
         let bytes = encode(&Some(log_id));
-        blocking(|| {
-            let tx = self
-                .db
-                .begin_write()
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            tx.open_table(META)
-                .map_err(|e| StorageIOError::write_logs(&e))?
-                .insert(PURGED, bytes.as_slice())
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            tx.open_table(LOG)
-                .map_err(|e| StorageIOError::write_logs(&e))?
-                .retain_in(..=log_id.index, |_, _| false)
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            tx.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(META)?.insert(PURGED, bytes.as_slice())?;
+            tx.open_table(LOG)?
+                .retain_in(..=log_id.index, |_, _| false)?;
             Ok(())
         })
     }
