@@ -29,7 +29,6 @@ use herald_proto::v1::raft_server::RaftServer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::NodeConfig;
 use crate::grpc::auth::ApiKeys;
@@ -124,7 +123,6 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let grpc_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             publisher,
             keys.clone(),
@@ -143,7 +141,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
+            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
     let grpc_task = tokio::spawn(grpc_server);

@@ -15,8 +15,10 @@ use crate::raft::{Command, CommandResult, NodeInfo, Raft};
 
 /// Most publications in one Raft entry.
 const MAX_ITEMS_PER_ENTRY: usize = 2048;
-/// Most entries submitted to Raft and not yet applied.
-const MAX_IN_FLIGHT: usize = 32;
+/// Most entries submitted to Raft and not yet applied. Few: the leader
+/// fsyncs entry by entry, so publishes that wait for a slot share the next
+/// entry (and its fsync) instead of queueing their own.
+const MAX_IN_FLIGHT: usize = 4;
 /// Publish calls that may wait for a slot.
 const QUEUE: usize = 4096;
 
