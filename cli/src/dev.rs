@@ -121,7 +121,22 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             path
         }
     };
-    let specs = node_specs(&node_bin, data.path(), &nodes, &api_key, &policy);
+    // A throwaway CA for the QUIC delivery plane; kept with the data so a
+    // restarted dev cluster keeps trusting itself.
+    let tls_dir = data.path().join("tls");
+    let tls = if tls_dir.join("node.pem").exists() {
+        crate::certs::CertSet {
+            ca: tls_dir.join("ca.pem"),
+            cert: tls_dir.join("node.pem"),
+            key: tls_dir.join("node-key.pem"),
+        }
+    } else {
+        crate::certs::generate(&tls_dir)?
+    };
+    let mut specs = node_specs(&node_bin, data.path(), &nodes, &api_key, &policy);
+    for spec in &mut specs {
+        spec.args.extend(quic_args(&tls));
+    }
     let probes = nodes
         .iter()
         .map(|n| Server::new(n.grpc.clone(), Some(api_key.clone())).connect_lazy())
@@ -412,6 +427,20 @@ fn node_specs(
             }
         })
         .collect()
+}
+
+/// Flags enabling the QUIC delivery plane on a loopback port of its own.
+fn quic_args(tls: &crate::certs::CertSet) -> Vec<OsString> {
+    vec![
+        "--quic-listen".into(),
+        "127.0.0.1:0".into(),
+        "--tls-ca".into(),
+        tls.ca.clone().into(),
+        "--tls-cert".into(),
+        tls.cert.clone().into(),
+        "--tls-key".into(),
+        tls.key.clone().into(),
+    ]
 }
 
 /// Resolves once every node answers `ClusterStatus` with the same leader and

@@ -10,6 +10,7 @@
 //! none. Failures of the CLI itself (a missing `herald-node`, an unwritable
 //! data directory) have no server reason and print without one.
 
+mod certs;
 mod client;
 mod dev;
 mod history;
@@ -50,6 +51,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write a throwaway cluster CA and node certificate (QUIC plane).
+    Certs(certs::CertsArgs),
     /// Run a local cluster of `herald-node` processes until Ctrl-C.
     Dev(dev::DevArgs),
     /// Publish one event to a channel.
@@ -70,6 +73,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = Server::new(cli.server, cli.api_key);
     let outcome = match cli.command {
+        Command::Certs(args) => certs::run(args).map(|()| ExitCode::SUCCESS),
         Command::Dev(args) => dev::run(args).await,
         Command::Publish(args) => publish::run(&server, args)
             .await

@@ -237,6 +237,18 @@ impl Cluster {
     /// a non-voting learner (`--learner`). Returns once the process is
     /// started; wait for its membership with [`Cluster::wait_for_member`].
     pub fn add_node(&mut self, id: u64, learner: bool) -> anyhow::Result<&mut NodeProc> {
+        let opts = self.opts.clone();
+        self.add_node_with(id, learner, &opts)
+    }
+
+    /// [`Cluster::add_node`] with other options' `extra_args` for this node
+    /// (e.g. certificates from another CA).
+    pub fn add_node_with(
+        &mut self,
+        id: u64,
+        learner: bool,
+        opts: &ClusterOptions,
+    ) -> anyhow::Result<&mut NodeProc> {
         if self.nodes.contains_key(&id) {
             bail!("node {id} already exists");
         }
@@ -251,7 +263,7 @@ impl Cluster {
         if learner {
             extra.push("--learner".into());
         }
-        extra.extend(self.opts.extra_args.iter().map(OsString::from));
+        extra.extend(opts.extra_args.iter().map(OsString::from));
         self.spawn_node(binary::herald_node(), id, addrs[0], addrs[1], extra)
     }
 

@@ -330,7 +330,11 @@ impl ChannelTable {
         let first_offset = live.first().map_or(Offset(0), |p| p.offset);
         let (in_window, after) = match since {
             None => (true, Offset(0)),
-            Some(s) if s.epoch != ch.epoch => (false, Offset(0)),
+            // Offset 0 of no epoch is the position of a reader that saw the
+            // channel before its first publication: the start of any epoch.
+            Some(s) if s.epoch != ch.epoch && !(s.epoch.0.is_empty() && s.offset.0 == 0) => {
+                (false, Offset(0))
+            }
             Some(s) if s.offset > ch.last_offset => (false, Offset(0)),
             Some(s) => {
                 // Continuous if the next offset the reader needs is retained,

@@ -101,6 +101,34 @@ pub struct NodeArgs {
     #[arg(long, env = "HERALD_SNAPSHOT_EVERY", default_value_t = 5000)]
     pub snapshot_every: u64,
 
+    /// Listen address of the QUIC delivery plane (UDP). Enables the plane;
+    /// needs `--tls-ca`, `--tls-cert` and `--tls-key`.
+    #[arg(long, env = "HERALD_QUIC_LISTEN")]
+    pub quic_listen: Option<SocketAddr>,
+
+    /// Address peers dial for QUIC (host:port). Defaults to the host of
+    /// `--advertise` with the port of `--quic-listen`.
+    #[arg(long, env = "HERALD_QUIC_ADVERTISE")]
+    pub quic_advertise: Option<String>,
+
+    /// PEM file of the cluster CA: peers must present a certificate it signed.
+    #[arg(long, env = "HERALD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM certificate (chain) of this node, signed by the cluster CA, with
+    /// the DNS name `herald-node`.
+    #[arg(long, env = "HERALD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "HERALD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// How long a channel stays registered after its last local subscriber
+    /// left, in milliseconds (absorbs flapping clients).
+    #[arg(long, env = "HERALD_INTEREST_LINGER_MS", default_value_t = 1000)]
+    pub interest_linger_ms: u64,
+
     /// Log level filter (`RUST_LOG` syntax).
     #[arg(long, env = "HERALD_LOG", default_value = "info,openraft=warn")]
     pub log: String,
@@ -137,6 +165,25 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Channel policy.
     pub namespaces: Namespaces,
+    /// The QUIC delivery plane, when enabled.
+    pub quic: Option<QuicConfig>,
+    /// Linger of channel interest after the last local subscriber left.
+    pub interest_linger: Duration,
+}
+
+/// Settings of the QUIC delivery plane.
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Address peers dial; `None`: the advertise host with the bound port.
+    pub advertise: Option<String>,
+    /// Cluster CA.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 /// A configuration error, naming the field at fault.
@@ -269,6 +316,27 @@ impl NodeArgs {
             }
         };
         let namespaces = Namespaces::new(policy.limits.unwrap_or_default(), policy.namespaces)?;
+        let quic = match (self.quic_listen, self.tls_ca, self.tls_cert, self.tls_key) {
+            (None, None, None, None) => None,
+            (None, ..) => return Err(bad("--quic-listen", "required when TLS files are given")),
+            (Some(_), None, ..) => return Err(bad("--tls-ca", "required with --quic-listen")),
+            (Some(_), _, None, _) => return Err(bad("--tls-cert", "required with --quic-listen")),
+            (Some(_), _, _, None) => return Err(bad("--tls-key", "required with --quic-listen")),
+            (Some(listen), Some(ca), Some(cert), Some(key)) => {
+                if let Some(a) = &self.quic_advertise {
+                    check_host_port("--quic-advertise", a)?;
+                }
+                crate::peer::tls::PeerTls::load(&ca, &cert, &key)
+                    .map_err(|e| bad(e.field, format!("{}: {}", e.path, e.reason)))?;
+                Some(QuicConfig {
+                    listen,
+                    advertise: self.quic_advertise,
+                    ca,
+                    cert,
+                    key,
+                })
+            }
+        };
         Ok(NodeConfig {
             id,
             data_dir: self.data_dir,
@@ -284,6 +352,8 @@ impl NodeArgs {
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             snapshot_every: self.snapshot_every,
             namespaces,
+            quic,
+            interest_linger: Duration::from_millis(self.interest_linger_ms),
         })
     }
 }

@@ -9,7 +9,9 @@ pub mod channels;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod membership;
 pub mod namespace;
+pub mod peer;
 pub mod proposer;
 pub mod raft;
 pub mod rejection;
@@ -112,7 +114,35 @@ pub async fn run(
         .context("gRPC reflection")?;
     let publisher = PublisherServer::new(grpc::publisher::PublisherService::new(replica.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE);
-    let edge_link = EdgeLinkServer::new(grpc::edge_link::EdgeLinkService::new(replica.clone()));
+    let (plane, interest) = match &config.quic {
+        None => (None, None),
+        Some(q) => {
+            let tls = peer::tls::PeerTls::load(&q.ca, &q.cert, &q.key)?;
+            let plane = peer::PeerPlane::bind(config.id, q.listen, tls, replica.delivery_sender())
+                .with_context(|| format!("--quic-listen {}", q.listen))?;
+            let bound = plane.local_addr()?;
+            let quic_addr = q.advertise.clone().unwrap_or_else(|| {
+                let host = config
+                    .advertise
+                    .rsplit_once(':')
+                    .map_or("127.0.0.1", |(h, _)| h);
+                format!("{host}:{}", bound.port())
+            });
+            tracing::info!(%bound, advertise = %quic_addr, "QUIC delivery plane listening");
+            tokio::spawn(peer::fanout::run(
+                plane.clone(),
+                replica.clone(),
+                replica.subscribe_published(),
+            ));
+            tokio::spawn(register_quic(replica.clone(), quic_addr));
+            let interest = peer::interest::Interest::spawn(replica.clone(), config.interest_linger);
+            (Some(plane), Some(interest))
+        }
+    };
+    let edge_link = EdgeLinkServer::new(grpc::edge_link::EdgeLinkService::new(
+        replica.clone(),
+        interest,
+    ));
     let admin = AdminServer::new(grpc::admin::AdminService::new(replica.clone()));
     let raft_rpc = RaftServer::new(grpc::raft::RaftService::new(raft.clone()))
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
@@ -164,7 +194,30 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = grpc_task.await;
     let _ = http_task.await;
+    if let Some(p) = plane {
+        p.close();
+    }
     let _ = raft.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Announce this node's QUIC address in the replicated registry (again
+/// whenever it differs, e.g. after a restart on another port).
+async fn register_quic(replica: Arc<Replica>, quic_addr: String) {
+    loop {
+        let current = replica.with_delivery(|d| d.quic_addr(replica.id).map(String::from));
+        if current.as_deref() == Some(quic_addr.as_str()) {
+            metrics::gauge!("herald_peer_registered").set(1.0);
+            return;
+        }
+        let cmd = raft::Command::RegisterNode {
+            id: replica.id,
+            quic_addr: quic_addr.clone(),
+        };
+        if let Err(e) = replica.submit(cmd).await {
+            tracing::debug!("registering the QUIC address: {e}; will retry");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

@@ -34,12 +34,6 @@ pub enum Rejection {
         /// The namespace named by the channel.
         namespace: String,
     },
-    /// The channel has never been published to.
-    #[error("channel `{channel}` not found")]
-    ChannelNotFound {
-        /// The channel.
-        channel: String,
-    },
     /// `data` is larger than the limit.
     #[error("payload is {size} bytes, the limit is {max}")]
     PayloadTooLarge {
@@ -133,7 +127,6 @@ impl Rejection {
             Self::ChannelTooLong { .. } => "CHANNEL_TOO_LONG",
             Self::ChannelInvalid { .. } => "CHANNEL_INVALID",
             Self::UnknownNamespace { .. } => "NAMESPACE_UNKNOWN",
-            Self::ChannelNotFound { .. } => "CHANNEL_NOT_FOUND",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::BatchTooLarge { .. } => "BATCH_TOO_LARGE",
             Self::BatchEmpty => "BATCH_EMPTY",
@@ -157,7 +150,6 @@ impl Rejection {
     /// The gRPC status code.
     pub fn code(&self) -> Code {
         match self {
-            Self::ChannelNotFound { .. } => Code::NotFound,
             Self::NoLeader
             | Self::NoQuorum
             | Self::CommitTimeout

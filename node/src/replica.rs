@@ -50,7 +50,12 @@ pub struct Replica {
     election_timeout: Duration,
     commit_timeout: Duration,
     published: broadcast::Sender<Arc<Vec<Publication>>>,
+    delivery: broadcast::Sender<Arc<Vec<Publication>>>,
 }
+
+/// Batches of publications an edge link may fall behind by before it
+/// catches up from history.
+const DELIVERY_BACKLOG: usize = 4096;
 
 /// A snapshot of Raft's view, for status and health.
 pub type Metrics = RaftMetrics<u64, NodeInfo>;
@@ -68,6 +73,22 @@ impl Replica {
     ) -> Self {
         let committed = log.committed_index();
         let (state, applied, published) = (sm.state(), sm.applied_index(), sm.published());
+        // What edge links read: everything applied here, plus what peers push
+        // over QUIC (often earlier); links drop duplicates by offset.
+        let (delivery, _) = broadcast::channel(DELIVERY_BACKLOG);
+        let mut from_apply = published.subscribe();
+        let to_links = delivery.clone();
+        tokio::spawn(async move {
+            loop {
+                match from_apply.recv().await {
+                    Ok(b) => {
+                        let _ = to_links.send(b);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
         let window_ms = namespaces.limits.idempotency_window_secs * 1000;
         let proposer = Proposer::spawn(raft.clone(), window_ms);
         Self {
@@ -84,12 +105,61 @@ impl Replica {
             election_timeout,
             commit_timeout: election_timeout * 10,
             published,
+            delivery,
         }
     }
 
     /// Listen to every publication this node applies from now on.
     pub fn subscribe_published(&self) -> broadcast::Receiver<Arc<Vec<Publication>>> {
         self.published.subscribe()
+    }
+
+    /// What edge links deliver from: applied here or received from peers.
+    pub fn subscribe_delivery(&self) -> broadcast::Receiver<Arc<Vec<Publication>>> {
+        self.delivery.subscribe()
+    }
+
+    /// Where the delivery plane puts what it receives.
+    pub fn delivery_sender(&self) -> broadcast::Sender<Arc<Vec<Publication>>> {
+        self.delivery.clone()
+    }
+
+    /// Whether this node is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Read the replicated channel membership.
+    pub fn with_delivery<T>(
+        &self,
+        f: impl FnOnce(&crate::membership::ChannelMembership) -> T,
+    ) -> T {
+        f(&self.state.read().expect("state lock poisoned").delivery)
+    }
+
+    /// Commit an internal command (node registry, channel interest) through
+    /// the leader, wherever it is.
+    pub async fn submit(&self, cmd: crate::raft::Command) -> Result<(), Rejection> {
+        match self.leader() {
+            None => Err(Rejection::NoLeader),
+            Some((id, _)) if id == self.id => match self.raft.client_write(cmd).await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(_)) => Err(Rejection::NoLeader),
+                Err(RaftError::Fatal(f)) => Err(Rejection::RaftFatal(f.to_string())),
+            },
+            Some((id, node)) => {
+                let mut client = self
+                    .outbound
+                    .raft(&node.grpc_addr)
+                    .map_err(Rejection::LeaderUnreachable)?;
+                let payload = herald_proto::v1::RaftPayload {
+                    data: crate::raft::encode(&cmd).into(),
+                };
+                client.submit(payload).await.map(|_| ()).map_err(|s| {
+                    Rejection::LeaderUnreachable(format!("node {id}: {}", s.message()))
+                })
+            }
+        }
     }
 
     /// Raft's current metrics.

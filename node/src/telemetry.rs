@@ -76,6 +76,53 @@ fn describe() {
         "Log index of the latest snapshot"
     );
     describe_gauge!("herald_channels", "Channels in the state machine");
+    describe_gauge!(
+        "herald_peer_registered",
+        "1 once this node's QUIC address is in the replicated registry"
+    );
+    describe_counter!(
+        "herald_peer_sent_publications_total",
+        "Publications pushed to a peer over QUIC"
+    );
+    describe_counter!(
+        "herald_peer_sent_bytes_total",
+        "Bytes pushed to a peer over QUIC"
+    );
+    describe_counter!(
+        "herald_peer_dropped_total",
+        "Publications not pushed because the peer's stream queue was full or it was unreachable"
+    );
+    describe_counter!(
+        "herald_peer_received_publications_total",
+        "Publications received from a peer over QUIC"
+    );
+    describe_counter!(
+        "herald_peer_received_bytes_total",
+        "Bytes received from a peer over QUIC"
+    );
+    describe_counter!(
+        "herald_peer_refused_total",
+        "QUIC connections refused (TLS handshake failed, e.g. a certificate from another CA)"
+    );
+    describe_counter!(
+        "herald_peer_fanout_lagged_total",
+        "Applied publications the fan-out task skipped because it lagged"
+    );
+    describe_gauge!("herald_peer_rtt_seconds", "QUIC round-trip time per peer");
+    describe_gauge!("herald_peer_cwnd_bytes", "QUIC congestion window per peer");
+    describe_histogram!(
+        "herald_peer_commit_to_receive_seconds",
+        "Time from the leader's proposal to receipt over QUIC"
+    );
+    describe_counter!(
+        "herald_interest_changes_total",
+        "Channel interest registrations and withdrawals committed for this node"
+    );
+    describe_gauge!("herald_edge_links", "Open EdgeLink streams");
+    describe_counter!(
+        "herald_edge_link_gap_fills_total",
+        "Gaps in an edge link's stream filled from history"
+    );
 }
 
 /// Copy Raft's view into the gauges.

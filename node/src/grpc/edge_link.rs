@@ -24,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::channels::{Epoch, HistoryPage, Offset, Since};
+use crate::peer::interest::Interest;
 use crate::rejection::Rejection;
 use crate::replica::Replica;
 
@@ -143,17 +144,31 @@ impl<H: HistorySource> Session<H> {
         }))
     }
 
-    /// Stop forwarding a channel.
-    pub fn unsubscribe(&mut self, channel: &str) {
-        self.positions.remove(channel);
+    /// Stop forwarding a channel; false if it was not subscribed.
+    pub fn unsubscribe(&mut self, channel: &str) -> bool {
+        self.positions.remove(channel).is_some()
+    }
+
+    /// Whether a channel is subscribed.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.positions.contains_key(channel)
+    }
+
+    /// Every subscribed channel.
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.positions.keys().map(String::as_str)
     }
 
     /// Forward what this edge wants of one applied batch.
     pub fn deliver(&mut self, batch: &[Publication], out: &mut Vec<NodeMessage>) {
         for p in batch {
-            let Some(pos) = self.positions.get(&p.channel) else {
+            let Some(pos) = self.positions.get_mut(&p.channel) else {
                 continue;
             };
+            if pos.epoch.is_empty() && pos.offset == 0 {
+                // Subscribed before the channel's first publication.
+                pos.epoch = p.epoch.clone();
+            }
             if p.epoch == pos.epoch && p.offset <= pos.offset {
                 continue;
             }
@@ -242,12 +257,14 @@ fn message(m: NodeMsg) -> NodeMessage {
 /// Serves `herald.v1.EdgeLink`.
 pub struct EdgeLinkService {
     replica: Arc<Replica>,
+    interest: Option<Interest>,
 }
 
 impl EdgeLinkService {
-    /// Serve this replica.
-    pub fn new(replica: Arc<Replica>) -> Self {
-        Self { replica }
+    /// Serve this replica; with `interest`, channels edges subscribe to are
+    /// registered so the leader pushes them here over QUIC.
+    pub fn new(replica: Arc<Replica>, interest: Option<Interest>) -> Self {
+        Self { replica, interest }
     }
 }
 
@@ -263,40 +280,64 @@ impl EdgeLink for EdgeLinkService {
         let (tx, rx) = mpsc::channel(OUTBOUND);
         // Listen before the first history read, so nothing applied in between
         // is missed (duplicates are dropped by position).
-        let applied = self.replica.subscribe_published();
-        tokio::spawn(run_session(self.replica.clone(), inbound, applied, tx));
+        let delivery = self.replica.subscribe_delivery();
+        let session = Session::new(self.replica.clone());
+        tokio::spawn(run_session(
+            session,
+            self.interest.clone(),
+            inbound,
+            delivery,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
 async fn run_session(
-    replica: Arc<Replica>,
+    mut session: Session<Arc<Replica>>,
+    interest: Option<Interest>,
     mut inbound: Streaming<EdgeMessage>,
-    mut applied: broadcast::Receiver<Arc<Vec<Publication>>>,
+    mut delivery: broadcast::Receiver<Arc<Vec<Publication>>>,
     tx: mpsc::Sender<Result<NodeMessage, Status>>,
 ) {
     metrics::gauge!("herald_edge_links").increment(1.0);
-    let mut session = Session::new(replica);
     let mut out = Vec::new();
-    loop {
+    'session: loop {
         tokio::select! {
             msg = inbound.message() => match msg {
-                Ok(Some(EdgeMessage { msg: Some(EdgeMsg::Subscribe(s)) })) => out.push(session.subscribe(s)),
-                Ok(Some(EdgeMessage { msg: Some(EdgeMsg::Unsubscribe(u)) })) => session.unsubscribe(&u.channel),
+                Ok(Some(EdgeMessage { msg: Some(EdgeMsg::Subscribe(s)) })) => {
+                    let new = !session.is_subscribed(&s.channel);
+                    let answer = session.subscribe(s);
+                    if let (true, Some(i), Some(NodeMsg::Subscribed(ok))) = (new, &interest, &answer.msg) {
+                        i.add(&ok.channel);
+                    }
+                    out.push(answer);
+                }
+                Ok(Some(EdgeMessage { msg: Some(EdgeMsg::Unsubscribe(u)) })) => {
+                    if session.unsubscribe(&u.channel)
+                        && let Some(i) = &interest
+                    {
+                        i.remove(&u.channel);
+                    }
+                }
                 Ok(Some(EdgeMessage { msg: None })) => {}
-                Ok(None) | Err(_) => break,
+                Ok(None) | Err(_) => break 'session,
             },
-            batch = applied.recv() => match batch {
+            batch = delivery.recv() => match batch {
                 Ok(batch) => session.deliver(&batch, &mut out),
                 Err(broadcast::error::RecvError::Lagged(_)) => session.resync(&mut out),
-                Err(broadcast::error::RecvError::Closed) => break,
+                Err(broadcast::error::RecvError::Closed) => break 'session,
             },
         }
         for m in out.drain(..) {
             if tx.send(Ok(m)).await.is_err() {
-                metrics::gauge!("herald_edge_links").decrement(1.0);
-                return;
+                break 'session;
             }
+        }
+    }
+    if let Some(i) = &interest {
+        for c in session.channels() {
+            i.remove(c);
         }
     }
     metrics::gauge!("herald_edge_links").decrement(1.0);
@@ -420,6 +461,24 @@ mod tests {
         let other = t.publish("b", 1);
         s.deliver(&other, &mut out);
         assert_eq!(offsets(&out), vec![3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_channel_subscribed_before_its_first_publication() {
+        let t = Table::default();
+        let mut s = Session::new(&t);
+        let ack = subscribed(s.subscribe(sub("new", None)));
+        assert_eq!((ack.epoch.as_str(), ack.offset), ("", 0));
+        let mut out = vec![];
+        s.deliver(&t.publish("new", 1), &mut out);
+        assert_eq!(offsets(&out), vec![1]);
+        // A gap right at the start is filled from history too.
+        let mut s = Session::new(&t);
+        subscribed(s.subscribe(sub("newer", None)));
+        t.publish("newer", 2);
+        let mut out = vec![];
+        s.deliver(&t.publish("newer", 1), &mut out);
+        assert_eq!(offsets(&out), vec![1, 2, 3]);
     }
 
     #[test]

@@ -282,12 +282,16 @@ impl Publisher for PublisherService {
     ) -> Result<Response<ChannelInfoResponse>, Status> {
         let name = req.into_inner().channel;
         let ns = self.replica.namespaces.resolve(&name)?;
+        // A valid channel that was never published to exists implicitly, at
+        // offset 0 of no epoch yet, with its namespace's settings.
         let channel = self
             .replica
             .channel(&name, |c| summary(&name, &ns.name, c))
-            .ok_or_else(|| Rejection::ChannelNotFound {
+            .unwrap_or_else(|| ChannelSummary {
                 channel: name.clone(),
-            })?;
+                namespace: ns.name.clone(),
+                ..Default::default()
+            });
         Ok(Response::new(info(ns, channel)))
     }
 

@@ -8,7 +8,7 @@ use herald_proto::v1::RaftPayload;
 use herald_proto::v1::raft_server::Raft as RaftRpc;
 use tonic::{Request, Response, Status};
 
-use crate::raft::{Raft, decode, encode};
+use crate::raft::{Command, Raft, decode, encode};
 
 /// Serves Raft RPCs to peers.
 pub struct RaftService {
@@ -47,6 +47,22 @@ impl RaftRpc for RaftService {
         Ok(Response::new(RaftPayload {
             data: encode(&res).into(),
         }))
+    }
+
+    async fn submit(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let cmd: Command = decode(&req.into_inner().data).map_err(bad_payload)?;
+        // Publishes go through validation on the Publisher service, never here.
+        if matches!(cmd, Command::Publish(_)) {
+            return Err(Status::invalid_argument(
+                "publishes are not accepted on Submit",
+            ));
+        }
+        match self.raft.client_write(cmd).await {
+            Ok(_) => Ok(Response::new(RaftPayload {
+                data: Default::default(),
+            })),
+            Err(e) => Err(Status::unavailable(format!("not committed: {e}"))),
+        }
     }
 
     async fn install_snapshot(

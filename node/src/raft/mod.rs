@@ -36,6 +36,22 @@ impl std::fmt::Display for NodeInfo {
 pub enum Command {
     /// Publications accepted together.
     Publish(Proposal),
+    /// A node announces its QUIC endpoint.
+    RegisterNode {
+        /// The node.
+        id: u64,
+        /// host:port of its QUIC endpoint.
+        quic_addr: String,
+    },
+    /// A node's local subscribers changed: channels gained and lost.
+    Interest {
+        /// The node.
+        node: u64,
+        /// Channels it now has subscribers for.
+        add: Vec<String>,
+        /// Channels it no longer has subscribers for.
+        remove: Vec<String>,
+    },
 }
 
 /// What applying a command produced.

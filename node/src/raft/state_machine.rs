@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::{Command, CommandResult, NodeInfo, StorageError, TypeConfig, decode, encode};
 use crate::channels::ChannelTable;
+use crate::membership::ChannelMembership;
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const CURRENT: &str = "current";
@@ -32,6 +33,8 @@ pub struct Applied {
     pub membership: StoredMembership<u64, NodeInfo>,
     /// Channels, offsets, history, idempotency window.
     pub channels: ChannelTable,
+    /// Which nodes want which channels, and their QUIC endpoints.
+    pub delivery: ChannelMembership,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -181,7 +184,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                         CommandResult::Published(accepted)
                     }
+                    EntryPayload::Normal(Command::RegisterNode { id, quic_addr }) => {
+                        s.delivery.register(id, quic_addr);
+                        CommandResult::None
+                    }
+                    EntryPayload::Normal(Command::Interest { node, add, remove }) => {
+                        s.delivery.update(node, &add, &remove);
+                        CommandResult::None
+                    }
                     EntryPayload::Membership(m) => {
+                        // A node that left the cluster no longer receives anything.
+                        let gone: Vec<u64> = s
+                            .membership
+                            .membership()
+                            .nodes()
+                            .map(|(id, _)| *id)
+                            .filter(|id| m.get_node(id).is_none())
+                            .collect();
+                        for id in gone {
+                            s.delivery.forget(id);
+                        }
                         s.membership = StoredMembership::new(Some(entry.log_id), m);
                         CommandResult::None
                     }

@@ -1,0 +1,885 @@
+//! The hub: which local connections are subscribed to which channel, and
+//! the one place publications from the EdgeLink are turned into bytes and
+//! handed to them.
+//!
+//! Owns, per channel: the position delivered to local clients (the last
+//! `(epoch, offset)`), the subscribers and their state (waiting for the
+//! upstream answer, recovering from history, live), and the decision to
+//! subscribe or unsubscribe upstream (once per channel, however many
+//! clients). Every publication is encoded once and the same `Bytes` queued
+//! to every live subscriber; one arriving at or below the position is a
+//! duplicate and dropped, one past a gap makes the channel fill the gap from
+//! history first (guarantee 2). A client recovering from its own position
+//! gets history up to where the live stream took over, buffered live
+//! publications after it, and nothing twice (guarantee 3).
+//!
+//! It never awaits while holding its lock, and never touches a socket:
+//! subscribers are [`Outbox`]es, pushed to without blocking.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use herald_proto::v1::{LinkSubscribed, Publication};
+use tokio::sync::mpsc;
+
+use crate::channel::{ChannelName, Epoch, Offset, Position};
+use crate::outbox::{Item, Outbox};
+use crate::protocol::codes::{ClientError, UNSUBSCRIBE_INSUFFICIENT_STATE};
+pub use crate::protocol::publication::Encoded;
+use crate::protocol::publication::encode;
+
+/// Identifies one subscriber (a connection) across channels.
+pub type SubscriberId = u64;
+
+/// Live publications buffered for one recovering subscriber before it is
+/// given up on as too slow to recover.
+const RECOVERY_BUFFER: usize = 4096;
+/// How often a recovery is retried when the node's history lags the live
+/// stream (right after a fail-over) or a history read fails.
+const RETRIES: u32 = 5;
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// What the hub asks of the EdgeLink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkCommand {
+    /// Subscribe upstream (from the current position when known).
+    Subscribe {
+        /// The channel.
+        channel: ChannelName,
+        /// Resume after this position.
+        since: Option<Position>,
+    },
+    /// Unsubscribe upstream.
+    Unsubscribe(ChannelName),
+}
+
+/// One history read's answer.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// Publications after the position asked for, ascending.
+    pub publications: Vec<Publication>,
+    /// The channel's current epoch.
+    pub epoch: Epoch,
+    /// The channel's newest offset.
+    pub offset: Offset,
+    /// False when the position cannot be continued without a gap.
+    pub in_window: bool,
+}
+
+/// Reads channel history from the cluster.
+pub trait HistoryReader: Send + Sync + 'static {
+    /// Publications of `channel` after `since`, at most `limit`.
+    fn read(
+        &self,
+        channel: ChannelName,
+        since: Position,
+        limit: u32,
+    ) -> BoxFuture<'static, Result<HistoryPage, ClientError>>;
+}
+
+/// The answer to a client's subscribe, queued before any live publication
+/// of the channel.
+#[derive(Debug)]
+pub struct SubscribeDone {
+    /// The subscribe command's id.
+    pub reply_id: u32,
+    /// The channel.
+    pub channel: ChannelName,
+    /// Position the client is at after `publications`.
+    pub position: Position,
+    /// Whether the client asked to recover.
+    pub was_recovering: bool,
+    /// Whether everything it missed is in `publications`.
+    pub recovered: bool,
+    /// The missed publications, ascending.
+    pub publications: Vec<Arc<Encoded>>,
+}
+
+#[derive(Debug)]
+enum SubState {
+    /// Waiting for the channel's upstream position (or a gap fill).
+    Waiting {
+        reply_id: u32,
+        recover: Option<Position>,
+    },
+    /// Reading history; live publications are buffered meanwhile.
+    Recovering {
+        reply_id: u32,
+        since: Position,
+        buffer: Vec<Arc<Encoded>>,
+        attempt: u32,
+    },
+    Live,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    /// Publications at or below this offset were already given to this
+    /// subscriber (in its subscribe reply).
+    after: u64,
+    state: SubState,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// Delivered position; `None` until the upstream answers.
+    position: Option<Position>,
+    /// `Some` while a gap is being filled from history: publications
+    /// arriving meanwhile.
+    fill: Option<Vec<Publication>>,
+    subs: HashMap<SubscriberId, Subscriber>,
+}
+
+/// Channel → local subscribers. Shared as `Arc<Hub>`.
+pub struct Hub {
+    channels: Mutex<HashMap<ChannelName, Entry>>,
+    link: mpsc::UnboundedSender<LinkCommand>,
+    history: Arc<dyn HistoryReader>,
+    recover_max: u32,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// What `subscribe` decided, to be carried out once the lock is released.
+enum Next {
+    Nothing,
+    Recover(Position, u32),
+}
+
+impl Hub {
+    /// A hub that asks `link` for upstream subscriptions and `history` for
+    /// missed publications; a subscriber missing more than `recover_max`
+    /// publications is told `recovered: false`.
+    pub fn new(
+        link: mpsc::UnboundedSender<LinkCommand>,
+        history: Arc<dyn HistoryReader>,
+        recover_max: u32,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            channels: Mutex::new(HashMap::new()),
+            link,
+            history,
+            recover_max,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ChannelName, Entry>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribe `id` to `channel`. The answer (a [`SubscribeDone`] or a
+    /// failure) is queued to `outbox`, followed by live publications.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        id: SubscriberId,
+        outbox: Arc<Outbox>,
+        reply_id: u32,
+        recover: Option<Position>,
+    ) {
+        let next = {
+            let mut channels = self.lock();
+            let entry = channels.entry(channel.clone()).or_insert_with(|| {
+                let _ = self.link.send(LinkCommand::Subscribe {
+                    channel: channel.clone(),
+                    since: None,
+                });
+                metrics::gauge!("herald_edge_channels").increment(1.0);
+                Entry::default()
+            });
+            metrics::gauge!("herald_edge_subscriptions").increment(1.0);
+            let sub = Subscriber {
+                outbox,
+                after: 0,
+                state: SubState::Waiting { reply_id, recover },
+            };
+            entry.subs.insert(id, sub);
+            self.start(channel, entry, id)
+        };
+        self.carry_out(channel, id, next);
+    }
+
+    /// Move a waiting subscriber on, if the channel's position is known.
+    fn start(&self, channel: &ChannelName, entry: &mut Entry, id: SubscriberId) -> Next {
+        let (Some(pos), None) = (&entry.position, &entry.fill) else {
+            return Next::Nothing;
+        };
+        let pos = pos.clone();
+        let Some(sub) = entry.subs.get_mut(&id) else {
+            return Next::Nothing;
+        };
+        let SubState::Waiting { reply_id, recover } = &sub.state else {
+            return Next::Nothing;
+        };
+        let reply_id = *reply_id;
+        let Some(since) = recover.clone() else {
+            Self::go_live(channel, sub, reply_id, pos, false, false, vec![]);
+            return Next::Nothing;
+        };
+        // An empty epoch from a client means "whatever the current one is".
+        let since = if since.epoch.is_empty() {
+            Position {
+                epoch: pos.epoch.clone(),
+                offset: since.offset,
+            }
+        } else {
+            since
+        };
+        let continuous = since.continues_in(&pos.epoch) && since.offset <= pos.offset;
+        if !continuous || pos.offset.0 - since.offset.0 > u64::from(self.recover_max) {
+            metrics::counter!("herald_edge_recoveries_total", "recovered" => "false").increment(1);
+            Self::go_live(channel, sub, reply_id, pos, true, false, vec![]);
+            return Next::Nothing;
+        }
+        if since.offset == pos.offset {
+            metrics::counter!("herald_edge_recoveries_total", "recovered" => "true").increment(1);
+            Self::go_live(channel, sub, reply_id, pos, true, true, vec![]);
+            return Next::Nothing;
+        }
+        sub.state = SubState::Recovering {
+            reply_id,
+            since: since.clone(),
+            buffer: Vec::new(),
+            attempt: 0,
+        };
+        Next::Recover(since, 0)
+    }
+
+    fn go_live(
+        channel: &ChannelName,
+        sub: &mut Subscriber,
+        reply_id: u32,
+        position: Position,
+        was_recovering: bool,
+        recovered: bool,
+        publications: Vec<Arc<Encoded>>,
+    ) {
+        sub.after = position.offset.0;
+        sub.state = SubState::Live;
+        let _ = sub.outbox.push(Item::Subscribed(Box::new(SubscribeDone {
+            reply_id,
+            channel: channel.clone(),
+            position,
+            was_recovering,
+            recovered,
+            publications,
+        })));
+    }
+
+    fn carry_out(self: &Arc<Self>, channel: &ChannelName, id: SubscriberId, next: Next) {
+        if let Next::Recover(since, attempt) = next {
+            let hub = self.clone();
+            let channel = channel.clone();
+            let read = self
+                .history
+                .read(channel.clone(), since.clone(), self.recover_max);
+            tokio::spawn(async move {
+                if attempt > 0 {
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                let page = read.await;
+                hub.finish_recovery(&channel, id, page);
+            });
+        }
+    }
+
+    fn finish_recovery(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        id: SubscriberId,
+        page: Result<HistoryPage, ClientError>,
+    ) {
+        let next = {
+            let mut channels = self.lock();
+            let Some(entry) = channels.get_mut(channel) else {
+                return;
+            };
+            let Some(pos) = entry.position.clone() else {
+                return;
+            };
+            let Some(sub) = entry.subs.get_mut(&id) else {
+                return;
+            };
+            let SubState::Recovering {
+                reply_id,
+                since,
+                buffer,
+                attempt,
+            } = &mut sub.state
+            else {
+                return;
+            };
+            let reply_id = *reply_id;
+            match page {
+                Err(e) if *attempt >= RETRIES => {
+                    let _ = sub.outbox.push(Item::SubscribeFailed {
+                        reply_id,
+                        channel: channel.clone(),
+                        error: e.temporary(),
+                    });
+                    entry.subs.remove(&id);
+                    metrics::gauge!("herald_edge_subscriptions").decrement(1.0);
+                    self.release_if_idle(&mut channels, channel);
+                    Next::Nothing
+                }
+                Err(_) => {
+                    *attempt += 1;
+                    Next::Recover(since.clone(), *attempt)
+                }
+                Ok(page) => {
+                    let missed_ok = page.in_window && page.epoch == pos.epoch;
+                    let mut pubs: Vec<Arc<Encoded>> = Vec::new();
+                    let mut last = since.offset.0;
+                    if missed_ok {
+                        for p in &page.publications {
+                            if p.offset == last + 1 && p.epoch == pos.epoch.as_str() {
+                                pubs.push(Arc::new(encode(channel.clone(), p)));
+                                last = p.offset;
+                            }
+                        }
+                    }
+                    let covered_by_buffer = buffer.first().is_none_or(|b| b.offset.0 <= last + 1);
+                    if !missed_ok {
+                        metrics::counter!("herald_edge_recoveries_total", "recovered" => "false")
+                            .increment(1);
+                        Self::go_live(channel, sub, reply_id, pos, true, false, vec![]);
+                        Next::Nothing
+                    } else if last >= pos.offset.0 || covered_by_buffer {
+                        for b in buffer.drain(..) {
+                            if b.offset.0 == last + 1 {
+                                last = b.offset.0;
+                                pubs.push(b);
+                            }
+                        }
+                        let position = Position {
+                            epoch: pos.epoch.clone(),
+                            offset: Offset(last),
+                        };
+                        // The reply covers up to `last`; the live stream may
+                        // not be there yet (node ahead of this edge).
+                        metrics::counter!("herald_edge_recoveries_total", "recovered" => "true")
+                            .increment(1);
+                        Self::go_live(channel, sub, reply_id, position, true, true, pubs);
+                        Next::Nothing
+                    } else if *attempt < RETRIES {
+                        // The node's history is behind what this edge
+                        // already delivered (it just took over): read again.
+                        *attempt += 1;
+                        Next::Recover(since.clone(), *attempt)
+                    } else {
+                        metrics::counter!("herald_edge_recoveries_total", "recovered" => "false")
+                            .increment(1);
+                        Self::go_live(channel, sub, reply_id, pos, true, false, vec![]);
+                        Next::Nothing
+                    }
+                }
+            }
+        };
+        self.carry_out(channel, id, next);
+    }
+
+    /// Remove `id` from `channel`; the last subscriber leaving unsubscribes
+    /// upstream.
+    pub fn unsubscribe(&self, channel: &ChannelName, id: SubscriberId) {
+        let mut channels = self.lock();
+        if let Some(entry) = channels.get_mut(channel)
+            && entry.subs.remove(&id).is_some()
+        {
+            metrics::gauge!("herald_edge_subscriptions").decrement(1.0);
+        }
+        self.release_if_idle(&mut channels, channel);
+    }
+
+    fn release_if_idle(&self, channels: &mut HashMap<ChannelName, Entry>, channel: &ChannelName) {
+        if channels
+            .get(channel)
+            .is_some_and(|e| e.subs.is_empty() && e.fill.is_none())
+        {
+            channels.remove(channel);
+            metrics::gauge!("herald_edge_channels").decrement(1.0);
+            let _ = self.link.send(LinkCommand::Unsubscribe(channel.clone()));
+        }
+    }
+
+    /// Every channel with its delivered position, for resubscribing on a
+    /// new link.
+    pub fn snapshot(&self) -> Vec<(ChannelName, Option<Position>)> {
+        self.lock()
+            .iter()
+            .map(|(c, e)| (c.clone(), e.position.clone()))
+            .collect()
+    }
+
+    /// Number of channels with local subscribers.
+    pub fn channel_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// A live publication from the link.
+    pub fn publication(self: &Arc<Self>, p: Publication) {
+        let Ok(channel) = ChannelName::new(&p.channel) else {
+            return;
+        };
+        let enc = Arc::new(encode(channel.clone(), &p));
+        let gap_from = {
+            let mut channels = self.lock();
+            let Some(entry) = channels.get_mut(&channel) else {
+                return;
+            };
+            if entry.position.is_none() {
+                return;
+            }
+            if let Some(buffered) = &mut entry.fill {
+                buffered.push(p);
+                return;
+            }
+            match Self::deliver(entry, enc) {
+                Ok(()) => return,
+                Err(()) => {
+                    let from = entry.position.clone();
+                    entry.fill = Some(vec![p.clone()]);
+                    from.map(|f| (f, Epoch::new(&p.epoch)))
+                }
+            }
+        };
+        if let Some((from, epoch)) = gap_from {
+            self.start_fill(channel, from, epoch, 0);
+        }
+    }
+
+    /// Hand `enc` to every subscriber if it continues the channel; `Err` if
+    /// it is past a gap (or of another epoch).
+    fn deliver(entry: &mut Entry, enc: Arc<Encoded>) -> Result<(), ()> {
+        let Some(pos) = &entry.position else {
+            return Err(());
+        };
+        if enc.epoch == pos.epoch && enc.offset <= pos.offset {
+            metrics::counter!("herald_edge_duplicates_dropped_total").increment(1);
+            return Ok(());
+        }
+        if !(pos.continues_in(&enc.epoch) && enc.offset.0 == pos.offset.0 + 1) {
+            return Err(());
+        }
+        entry.position = Some(enc.position());
+        let mut delivered = 0u64;
+        for sub in entry.subs.values_mut() {
+            match &mut sub.state {
+                SubState::Live
+                    if enc.offset.0 > sub.after
+                        && sub.outbox.push(Item::Pub(enc.clone())).is_ok() =>
+                {
+                    delivered += 1;
+                }
+                SubState::Recovering { buffer, .. } => {
+                    if buffer.len() < RECOVERY_BUFFER {
+                        buffer.push(enc.clone());
+                    } else {
+                        sub.outbox.close(crate::protocol::codes::Disconnect::SLOW);
+                    }
+                }
+                _ => {}
+            }
+        }
+        metrics::counter!("herald_edge_publications_total").increment(1);
+        metrics::counter!("herald_edge_messages_queued_total").increment(delivered);
+        Ok(())
+    }
+
+    /// The link's answer to a subscribe (first, or after a reconnect).
+    pub fn subscribed(self: &Arc<Self>, ls: LinkSubscribed) {
+        let Ok(channel) = ChannelName::new(&ls.channel) else {
+            return;
+        };
+        let answer = Position {
+            epoch: Epoch::new(&ls.epoch),
+            offset: Offset(ls.offset),
+        };
+        let (nexts, gap) = {
+            let mut channels = self.lock();
+            let Some(entry) = channels.get_mut(&channel) else {
+                let _ = self.link.send(LinkCommand::Unsubscribe(channel.clone()));
+                return;
+            };
+            let mut gap = None;
+            match (&entry.position, &mut entry.fill) {
+                (None, _) => entry.position = Some(answer.clone()),
+                (Some(_), Some(buffered)) => buffered.extend(ls.publications),
+                (Some(pos), None) => {
+                    let pos = pos.clone();
+                    let mut ok = true;
+                    if ls.recovered {
+                        for p in ls.publications {
+                            let c = channel.clone();
+                            if Self::deliver(entry, Arc::new(encode(c, &p))).is_err() {
+                                ok = false;
+                                break;
+                            }
+                        }
+                    }
+                    let now = entry.position.clone().unwrap_or(pos);
+                    let behind = !(answer.epoch == now.epoch && answer.offset <= now.offset);
+                    if !ok || behind {
+                        entry.fill = Some(vec![]);
+                        gap = Some((now, answer.epoch.clone()));
+                    }
+                }
+            }
+            let ids: Vec<SubscriberId> = entry.subs.keys().copied().collect();
+            let nexts: Vec<(SubscriberId, Next)> = ids
+                .into_iter()
+                .map(|id| (id, self.start(&channel, entry, id)))
+                .collect();
+            (nexts, gap)
+        };
+        for (id, next) in nexts {
+            self.carry_out(&channel, id, next);
+        }
+        if let Some((from, epoch)) = gap {
+            self.start_fill(channel, from, epoch, 0);
+        }
+    }
+
+    /// The link refused a channel: fail everyone waiting for it.
+    pub fn refused(&self, channel: &str, error: ClientError) {
+        let Ok(channel) = ChannelName::new(channel) else {
+            return;
+        };
+        let mut channels = self.lock();
+        let Some(entry) = channels.remove(&channel) else {
+            return;
+        };
+        metrics::gauge!("herald_edge_channels").decrement(1.0);
+        for sub in entry.subs.into_values() {
+            metrics::gauge!("herald_edge_subscriptions").decrement(1.0);
+            let item = match sub.state {
+                SubState::Waiting { reply_id, .. } | SubState::Recovering { reply_id, .. } => {
+                    Item::SubscribeFailed {
+                        reply_id,
+                        channel: channel.clone(),
+                        error: error.clone(),
+                    }
+                }
+                SubState::Live => Item::Unsubscribed {
+                    channel: channel.clone(),
+                    code: UNSUBSCRIBE_INSUFFICIENT_STATE,
+                    reason: "insufficient state",
+                },
+            };
+            let _ = sub.outbox.push(item);
+        }
+    }
+
+    fn start_fill(
+        self: &Arc<Self>,
+        channel: ChannelName,
+        from: Position,
+        epoch: Epoch,
+        attempt: u32,
+    ) {
+        metrics::counter!("herald_edge_gap_fills_total").increment(1);
+        let since = if from.epoch.is_empty() && from.offset.0 == 0 {
+            Position {
+                epoch,
+                offset: Offset(0),
+            }
+        } else {
+            from
+        };
+        let read = self
+            .history
+            .read(channel.clone(), since.clone(), self.recover_max.max(1000));
+        let hub = self.clone();
+        tokio::spawn(async move {
+            if attempt > 0 {
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+            let page = read.await;
+            hub.finish_fill(channel, since, page, attempt);
+        });
+    }
+
+    fn finish_fill(
+        self: &Arc<Self>,
+        channel: ChannelName,
+        since: Position,
+        page: Result<HistoryPage, ClientError>,
+        attempt: u32,
+    ) {
+        let (nexts, retry) = {
+            let mut channels = self.lock();
+            let Some(entry) = channels.get_mut(&channel) else {
+                return;
+            };
+            let Some(buffered) = entry.fill.take() else {
+                return;
+            };
+            let mut retry = None;
+            match page {
+                Err(_) if attempt < RETRIES => {
+                    entry.fill = Some(buffered);
+                    retry = Some(since.clone());
+                }
+                Ok(page) if page.in_window => {
+                    if entry.position.as_ref().is_some_and(|p| p.epoch.is_empty()) {
+                        entry.position = Some(since.clone());
+                    }
+                    let mut all: Vec<Publication> = page.publications;
+                    all.extend(buffered);
+                    all.sort_by_key(|p| p.offset);
+                    let mut gap = false;
+                    for p in all {
+                        if Self::deliver(entry, Arc::new(encode(channel.clone(), &p))).is_err() {
+                            gap = true;
+                        }
+                    }
+                    let behind = entry
+                        .position
+                        .as_ref()
+                        .is_some_and(|p| p.epoch == page.epoch && p.offset < page.offset);
+                    if (gap || behind) && attempt < RETRIES {
+                        entry.fill = Some(vec![]);
+                        retry = entry.position.clone();
+                    } else if gap {
+                        Self::lose_continuity(&channel, entry, page.epoch, page.offset);
+                    }
+                }
+                Ok(page) => Self::lose_continuity(&channel, entry, page.epoch, page.offset),
+                Err(_) => {
+                    let pos = entry.position.clone().unwrap_or_default();
+                    Self::lose_continuity(&channel, entry, pos.epoch, pos.offset);
+                }
+            }
+            let nexts: Vec<(SubscriberId, Next)> = if entry.fill.is_none() {
+                let ids: Vec<SubscriberId> = entry.subs.keys().copied().collect();
+                ids.into_iter()
+                    .map(|id| (id, self.start(&channel, entry, id)))
+                    .collect()
+            } else {
+                vec![]
+            };
+            self.release_if_idle(&mut channels, &channel);
+            (nexts, retry)
+        };
+        for (id, next) in nexts {
+            self.carry_out(&channel, id, next);
+        }
+        if let Some(from) = retry {
+            let epoch = from.epoch.clone();
+            self.start_fill(channel, from, epoch, attempt + 1);
+        }
+    }
+
+    /// Publications were lost upstream for good: every subscriber that was
+    /// live or recovering is unsubscribed with the resubscribe code, so its
+    /// SDK recovers from its own position and is told `recovered: false`
+    /// (guarantee 3: never silently skipped).
+    fn lose_continuity(channel: &ChannelName, entry: &mut Entry, epoch: Epoch, offset: Offset) {
+        metrics::counter!("herald_edge_continuity_lost_total").increment(1);
+        entry.position = Some(Position { epoch, offset });
+        entry.subs.retain(|_, sub| {
+            if matches!(sub.state, SubState::Waiting { .. }) {
+                return true;
+            }
+            let _ = sub.outbox.push(Item::Unsubscribed {
+                channel: channel.clone(),
+                code: UNSUBSCRIBE_INSUFFICIENT_STATE,
+                reason: "insufficient state",
+            });
+            metrics::gauge!("herald_edge_subscriptions").decrement(1.0);
+            false
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+
+    /// History from a vector of publications of one epoch.
+    #[derive(Default)]
+    struct Store(StdMutex<Vec<Publication>>);
+
+    impl Store {
+        fn push(&self, channel: &str, offset: u64) -> Publication {
+            let p = Publication {
+                channel: channel.into(),
+                offset,
+                epoch: "e".into(),
+                data: b"{}".to_vec().into(),
+                content_type: "application/json".into(),
+                ..Default::default()
+            };
+            self.0.lock().unwrap().push(p.clone());
+            p
+        }
+    }
+
+    impl HistoryReader for Arc<Store> {
+        fn read(
+            &self,
+            channel: ChannelName,
+            since: Position,
+            limit: u32,
+        ) -> BoxFuture<'static, Result<HistoryPage, ClientError>> {
+            let all: Vec<Publication> = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| p.channel == channel.as_str())
+                .cloned()
+                .collect();
+            let offset = all.last().map_or(0, |p| p.offset);
+            let publications = all
+                .into_iter()
+                .filter(|p| p.offset > since.offset.0)
+                .take(limit as usize)
+                .collect();
+            Box::pin(async move {
+                Ok(HistoryPage {
+                    publications,
+                    epoch: Epoch::new("e"),
+                    offset: Offset(offset),
+                    in_window: since.epoch.as_str() == "e",
+                })
+            })
+        }
+    }
+
+    fn setup() -> (Arc<Hub>, Arc<Store>, mpsc::UnboundedReceiver<LinkCommand>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let store = Arc::new(Store::default());
+        (Hub::new(tx, Arc::new(store.clone()), 300), store, rx)
+    }
+
+    fn answer(channel: &str, offset: u64) -> LinkSubscribed {
+        LinkSubscribed {
+            channel: channel.into(),
+            epoch: "e".into(),
+            offset,
+            recovered: false,
+            publications: vec![],
+        }
+    }
+
+    /// Offsets a subscriber received: its subscribe reply's publications,
+    /// then live ones.
+    async fn received(outbox: &Outbox) -> (Option<bool>, Vec<u64>) {
+        let mut items = vec![];
+        let _ = tokio::time::timeout(Duration::from_millis(50), outbox.next(&mut items)).await;
+        let mut recovered = None;
+        let mut offsets = vec![];
+        for i in items {
+            match i {
+                Item::Subscribed(d) => {
+                    recovered = Some(d.recovered);
+                    offsets.extend(d.publications.iter().map(|p| p.offset.0));
+                }
+                Item::Pub(p) => offsets.push(p.offset.0),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (recovered, offsets)
+    }
+
+    #[tokio::test]
+    async fn one_upstream_subscription_per_channel_and_duplicates_dropped() {
+        let (hub, store, mut link) = setup();
+        let ch = ChannelName::new("a").unwrap();
+        let (o1, o2) = (
+            Arc::new(Outbox::new(1 << 20)),
+            Arc::new(Outbox::new(1 << 20)),
+        );
+        hub.subscribe(&ch, 1, o1.clone(), 1, None);
+        hub.subscribe(&ch, 2, o2.clone(), 1, None);
+        assert!(matches!(link.try_recv(), Ok(LinkCommand::Subscribe { .. })));
+        assert!(link.try_recv().is_err());
+        hub.subscribed(answer("a", 0));
+        let p1 = store.push("a", 1);
+        hub.publication(p1.clone());
+        hub.publication(p1);
+        hub.publication(store.push("a", 2));
+        assert_eq!(received(&o1).await, (Some(false), vec![1, 2]));
+        assert_eq!(received(&o2).await, (Some(false), vec![1, 2]));
+        hub.unsubscribe(&ch, 1);
+        assert!(link.try_recv().is_err());
+        hub.unsubscribe(&ch, 2);
+        assert_eq!(link.try_recv(), Ok(LinkCommand::Unsubscribe(ch)));
+    }
+
+    #[tokio::test]
+    async fn recovery_joins_history_and_live_without_gap_or_duplicate() {
+        let (hub, store, _link) = setup();
+        let ch = ChannelName::new("a").unwrap();
+        let o1 = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 1, o1.clone(), 1, None);
+        for i in 1..=5 {
+            store.push("a", i);
+        }
+        hub.subscribed(answer("a", 5));
+        // A client at offset 2 recovers 3..=5 while 6 arrives live.
+        let o2 = Arc::new(Outbox::new(1 << 20));
+        let since = Position {
+            epoch: Epoch::new("e"),
+            offset: Offset(2),
+        };
+        hub.subscribe(&ch, 2, o2.clone(), 7, Some(since));
+        hub.publication(store.push("a", 6));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        hub.publication(store.push("a", 7));
+        assert_eq!(received(&o2).await, (Some(true), vec![3, 4, 5, 6, 7]));
+        // Too far behind, or another epoch: recovered false, nothing replayed.
+        let o3 = Arc::new(Outbox::new(1 << 20));
+        let other = Position {
+            epoch: Epoch::new("x"),
+            offset: Offset(1),
+        };
+        hub.subscribe(&ch, 3, o3.clone(), 8, Some(other));
+        assert_eq!(received(&o3).await, (Some(false), vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_filled_from_history() {
+        let (hub, store, _link) = setup();
+        let ch = ChannelName::new("a").unwrap();
+        let o = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 1, o.clone(), 1, None);
+        hub.subscribed(answer("a", 0));
+        hub.publication(store.push("a", 1));
+        store.push("a", 2);
+        store.push("a", 3);
+        hub.publication(store.push("a", 4));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(received(&o).await, (Some(false), vec![1, 2, 3, 4]));
+        // A resubscribe answer after a reconnect that is ahead: filled too.
+        store.push("a", 5);
+        hub.subscribed(answer("a", 5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(received(&o).await, (None, vec![5]));
+    }
+
+    #[tokio::test]
+    async fn first_publication_of_a_new_channel_is_not_lost() {
+        let (hub, store, _link) = setup();
+        let ch = ChannelName::new("a").unwrap();
+        let o = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 1, o.clone(), 1, None);
+        // The channel did not exist: empty epoch, offset 0.
+        hub.subscribed(LinkSubscribed {
+            channel: "a".into(),
+            ..Default::default()
+        });
+        hub.publication(store.push("a", 1));
+        hub.publication(store.push("a", 2));
+        assert_eq!(received(&o).await, (Some(false), vec![1, 2]));
+    }
+}

@@ -1,0 +1,106 @@
+//! `connect`: authenticate the connection. The token comes from the
+//! command, else from the HTTP request (query `token`, cookie,
+//! `Authorization: Bearer`). Missing → error 101; expired → error 109
+//! (the SDK fetches a new token); malformed or wrong key → disconnect 3500.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::auth::{AuthError, Identity};
+use crate::client::{Client, unix_now};
+use crate::protocol::codes::{ClientError, Disconnect};
+
+/// `connect` body.
+#[derive(Debug, Deserialize)]
+pub struct Request {
+    /// Connection JWT.
+    #[serde(default)]
+    pub token: String,
+    /// Custom data (accepted, unused).
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+    /// Client SDK name.
+    #[serde(default)]
+    pub name: String,
+    /// Client SDK version.
+    #[serde(default)]
+    pub version: String,
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    client: &'a str,
+    version: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    expires: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u32>,
+    ping: u64,
+    pong: bool,
+}
+
+/// Seconds until `exp`, at least 1.
+pub fn ttl(exp: i64) -> u32 {
+    (exp - unix_now()).clamp(1, i64::from(u32::MAX)) as u32
+}
+
+impl Request {
+    pub(super) fn apply(self, id: u32, client: &mut Client) -> Result<(), Disconnect> {
+        if client.identity.is_some() {
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        let token = if self.token.is_empty() {
+            client.http_token.clone().unwrap_or_default()
+        } else {
+            self.token
+        };
+        let identity = if token.is_empty() {
+            if !client.edge.settings.allow_anonymous {
+                client.auth_failed(&AuthError::Missing);
+                client.connect_refused = true;
+                client.error(id, &ClientError::UNAUTHORIZED);
+                return Ok(());
+            }
+            Identity {
+                user: String::new(),
+                expires_at: None,
+                caps: client.anonymous_caps(),
+            }
+        } else {
+            match client.edge.settings.verifier.connection(&token) {
+                Ok(i) => i,
+                Err(e) => {
+                    client.auth_failed(&e);
+                    return match e {
+                        AuthError::Expired => {
+                            client.connect_refused = true;
+                            client.error(id, &ClientError::TOKEN_EXPIRED);
+                            Ok(())
+                        }
+                        AuthError::Missing => {
+                            client.connect_refused = true;
+                            client.error(id, &ClientError::UNAUTHORIZED);
+                            Ok(())
+                        }
+                        _ => Err(Disconnect::INVALID_TOKEN),
+                    };
+                }
+            }
+        };
+        client
+            .edge
+            .clients
+            .bind_user(client.registration(), &identity.user)?;
+        let reply = Reply {
+            client: &client.client_id,
+            version: concat!("herald ", env!("CARGO_PKG_VERSION")),
+            expires: identity.expires_at.is_some(),
+            ttl: identity.expires_at.map(ttl),
+            ping: client.edge.settings.limits.ping_interval.as_secs(),
+            pong: true,
+        };
+        client.reply(id, "connect", &reply);
+        client.identity = Some(identity);
+        Ok(())
+    }
+}

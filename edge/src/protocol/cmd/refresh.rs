@@ -1,0 +1,60 @@
+//! `refresh`: replace the connection token before it expires. The new token
+//! must be valid and for the same user; its capabilities and expiry replace
+//! the old ones. An expired token is error 109, an invalid one or another
+//! user's disconnect 3500.
+
+use serde::{Deserialize, Serialize};
+
+use super::connect::ttl;
+use crate::auth::AuthError;
+use crate::client::Client;
+use crate::protocol::codes::{ClientError, Disconnect};
+
+/// `refresh` body.
+#[derive(Debug, Deserialize)]
+pub struct Request {
+    /// The new connection token.
+    #[serde(default)]
+    pub token: String,
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    client: &'a str,
+    version: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    expires: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u32>,
+}
+
+impl Request {
+    pub(super) fn apply(self, id: u32, client: &mut Client) -> Result<(), Disconnect> {
+        let user = client.connected()?.user.clone();
+        let identity = match client.edge.settings.verifier.connection(&self.token) {
+            Ok(i) => i,
+            Err(e) => {
+                client.auth_failed(&e);
+                return match e {
+                    AuthError::Expired => {
+                        client.error(id, &ClientError::TOKEN_EXPIRED);
+                        Ok(())
+                    }
+                    _ => Err(Disconnect::INVALID_TOKEN),
+                };
+            }
+        };
+        if identity.user != user {
+            return Err(Disconnect::INVALID_TOKEN);
+        }
+        let reply = Reply {
+            client: &client.client_id,
+            version: concat!("herald ", env!("CARGO_PKG_VERSION")),
+            expires: identity.expires_at.is_some(),
+            ttl: identity.expires_at.map(ttl),
+        };
+        client.reply(id, "refresh", &reply);
+        client.identity = Some(identity);
+        Ok(())
+    }
+}

@@ -1,0 +1,351 @@
+//! The SSE transport (`GET /connection/sse?channel=a&channel=b`): a plain
+//! EventSource, no SDK. Authentication comes from the request (query
+//! `token`, cookie, `Authorization: Bearer`, or anonymous); the channels
+//! from repeated `channel` parameters.
+//!
+//! Every publication is one default (`message`) event whose data is
+//! `{"channel":C,"pub":P}` — the same bytes the WebSocket push carries —
+//! and whose `id:` is a resume token holding the position of *every*
+//! channel of the stream. The browser's automatic reconnect sends it back
+//! as `Last-Event-ID` (or `?last_event_id=`), and each channel is recovered
+//! from its own position (guarantee 3); a named `subscribed` event tells
+//! `recovered` per channel. Owns the HTTP stream only; state lives in
+//! [`Client`].
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::Edge;
+use crate::auth::{Action, AuthError, Identity, token_from_request};
+use crate::channel::{ChannelName, Epoch, Offset, Position};
+use crate::client::{Client, Transport, unix_now};
+use crate::clients::Refusal;
+use crate::outbox::{Item, Outbox};
+use crate::protocol::codes::{ClientError, Disconnect};
+
+/// Encode every channel's position as an opaque event id.
+pub fn resume_token(positions: &BTreeMap<ChannelName, Position>) -> String {
+    let list: Vec<(&str, &str, u64)> = positions
+        .iter()
+        .map(|(c, p)| (c.as_str(), p.epoch.as_str(), p.offset.0))
+        .collect();
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&list).unwrap_or_default())
+}
+
+/// Decode an event id from [`resume_token`]; `None` if it is not one.
+pub fn parse_resume_token(s: &str) -> Option<BTreeMap<ChannelName, Position>> {
+    let raw = URL_SAFE_NO_PAD.decode(s.trim()).ok()?;
+    let list: Vec<(String, String, u64)> = serde_json::from_slice(&raw).ok()?;
+    list.into_iter()
+        .map(|(c, e, o)| {
+            Some((
+                ChannelName::new(&c).ok()?,
+                Position {
+                    epoch: Epoch::new(&e),
+                    offset: Offset(o),
+                },
+            ))
+        })
+        .collect()
+}
+
+fn refuse(status: StatusCode, e: &ClientError) -> Refusal {
+    Refusal::new(status, e.code, e.message.clone())
+}
+
+fn identity(edge: &Edge, token: Option<String>) -> Result<Identity, Refusal> {
+    let Some(token) = token else {
+        if edge.settings.allow_anonymous {
+            return Ok(Identity {
+                user: String::new(),
+                expires_at: None,
+                caps: crate::auth::Capabilities::wildcard(
+                    &edge.settings.anonymous_channels,
+                    &[Action::Subscribe, Action::History],
+                ),
+            });
+        }
+        metrics::counter!("herald_edge_auth_failures_total", "reason" => "missing").increment(1);
+        return Err(refuse(StatusCode::UNAUTHORIZED, &ClientError::UNAUTHORIZED));
+    };
+    edge.settings.verifier.connection(&token).map_err(|e| {
+        metrics::counter!("herald_edge_auth_failures_total", "reason" => e.reason()).increment(1);
+        match e {
+            AuthError::Expired => refuse(StatusCode::UNAUTHORIZED, &ClientError::TOKEN_EXPIRED),
+            AuthError::Missing => refuse(StatusCode::UNAUTHORIZED, &ClientError::UNAUTHORIZED),
+            _ => refuse(
+                StatusCode::UNAUTHORIZED,
+                &ClientError {
+                    code: u32::from(Disconnect::INVALID_TOKEN.code),
+                    message: Disconnect::INVALID_TOKEN.reason.into(),
+                    temporary: false,
+                },
+            ),
+        }
+    })
+}
+
+/// `GET /connection/sse`.
+pub async fn stream(
+    State(edge): State<Arc<Edge>>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = crate::ws::admit(&edge, &headers) {
+        return r.into_response();
+    }
+    let query_token = params
+        .iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.as_str());
+    let token = token_from_request(query_token, &headers, &edge.settings.token_cookie);
+    let identity = match identity(&edge, token) {
+        Ok(i) => i,
+        Err(r) => return r.into_response(),
+    };
+    let mut channels = Vec::new();
+    for (_, c) in params.iter().filter(|(k, _)| k == "channel") {
+        let Ok(ch) = ChannelName::new(c) else {
+            return refuse(StatusCode::BAD_REQUEST, &ClientError::UNKNOWN_CHANNEL).into_response();
+        };
+        if !identity.caps.allows(Action::Subscribe, ch.as_str()) {
+            metrics::counter!("herald_edge_auth_failures_total", "reason" => "forbidden")
+                .increment(1);
+            return refuse(StatusCode::FORBIDDEN, &ClientError::PERMISSION_DENIED).into_response();
+        }
+        if !channels.contains(&ch) {
+            channels.push(ch);
+        }
+    }
+    if channels.is_empty() || channels.len() > edge.settings.limits.max_channels_per_connection {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            &ClientError::BAD_REQUEST.with_message("give 1..max channel parameters"),
+        )
+        .into_response();
+    }
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            params
+                .iter()
+                .find(|(k, _)| k == "last_event_id")
+                .map(|(_, v)| v.clone())
+        });
+    let resume = last_id
+        .as_deref()
+        .and_then(parse_resume_token)
+        .unwrap_or_default();
+
+    let outbox = Arc::new(Outbox::new(edge.settings.limits.client_queue_bytes));
+    let Ok(registration) = edge.clients.register(outbox.clone()) else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &ClientError::LIMIT_EXCEEDED,
+        )
+        .into_response();
+    };
+    if let Err(d) = edge.clients.bind_user(&registration, &identity.user) {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            &ClientError::LIMIT_EXCEEDED.with_message(d.reason),
+        )
+        .into_response();
+    }
+    let ping_every = edge.settings.limits.ping_interval;
+    let expires_at = identity.expires_at;
+    let mut client = Client::new(edge.clone(), outbox, registration, None, Transport::Sse);
+    client.identity = Some(identity);
+    let mut positions = BTreeMap::new();
+    for (i, ch) in channels.iter().enumerate() {
+        let recover = resume.get(ch).cloned();
+        if let Some(p) = &recover {
+            positions.insert(ch.clone(), p.clone());
+        }
+        client.subscriptions.insert(ch.clone(), ());
+        edge.hub.subscribe(
+            ch,
+            client.id(),
+            client.outbox.clone(),
+            i as u32 + 1,
+            recover,
+        );
+    }
+    let state = Stream {
+        client,
+        positions,
+        items: Vec::new(),
+        ping: tokio::time::interval_at(Instant::now() + ping_every, ping_every),
+        expires_at,
+        done: false,
+        first: true,
+    };
+    let body = Body::from_stream(futures::stream::unfold(state, |mut s| async move {
+        let chunk = s.next().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), s))
+    }));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+struct Stream {
+    client: Client,
+    positions: BTreeMap<ChannelName, Position>,
+    items: Vec<Item>,
+    ping: tokio::time::Interval,
+    expires_at: Option<i64>,
+    done: bool,
+    first: bool,
+}
+
+impl Stream {
+    fn event(&self, out: &mut Vec<u8>, name: Option<&str>, data: &[u8]) {
+        if let Some(n) = name {
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(n.as_bytes());
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(resume_token(&self.positions).as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn disconnect(&mut self, out: &mut Vec<u8>, d: Disconnect) {
+        let data = json!({"code": d.code, "reason": d.reason}).to_string();
+        out.extend_from_slice(b"event: disconnect\ndata: ");
+        out.extend_from_slice(data.as_bytes());
+        out.extend_from_slice(b"\n\n");
+        self.done = true;
+    }
+
+    /// The next chunk of the response, `None` to end it.
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let mut out = Vec::new();
+        if self.first {
+            self.first = false;
+            out.extend_from_slice(b"retry: 1000\n\n");
+            return Some(Bytes::from(out));
+        }
+        let expiry = self
+            .expires_at
+            .map(|exp| Instant::now() + Duration::from_secs((exp - unix_now()).max(0) as u64 + 1));
+        let outbox = self.client.outbox.clone();
+        tokio::select! {
+            r = outbox.next(&mut self.items) => {
+                if let Err(d) = r {
+                    self.disconnect(&mut out, d);
+                    return Some(Bytes::from(out));
+                }
+            }
+            _ = self.ping.tick() => {
+                out.extend_from_slice(b": ping\n\n");
+                return Some(Bytes::from(out));
+            }
+            _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                self.disconnect(&mut out, Disconnect::EXPIRED);
+                return Some(Bytes::from(out));
+            }
+        }
+        let mut pubs = 0u64;
+        let items = std::mem::take(&mut self.items);
+        for item in items {
+            match item {
+                Item::Pub(e) => {
+                    pubs += 1;
+                    self.positions.insert(e.channel.clone(), e.position());
+                    self.event(&mut out, None, &e.push_body());
+                }
+                Item::Subscribed(d) => {
+                    for p in &d.publications {
+                        pubs += 1;
+                        self.positions.insert(p.channel.clone(), p.position());
+                        self.event(&mut out, None, &p.push_body());
+                    }
+                    self.positions.insert(d.channel.clone(), d.position.clone());
+                    let data = json!({
+                        "channel": d.channel.as_str(),
+                        "epoch": d.position.epoch.as_str(),
+                        "offset": d.position.offset.0,
+                        "recovered": d.recovered,
+                        "was_recovering": d.was_recovering,
+                    })
+                    .to_string();
+                    self.event(&mut out, Some("subscribed"), data.as_bytes());
+                }
+                Item::SubscribeFailed { channel, error, .. } => {
+                    self.client.subscriptions.remove(&channel);
+                    let data = json!({"channel": channel.as_str(), "code": error.code, "message": error.message}).to_string();
+                    self.event(&mut out, Some("error"), data.as_bytes());
+                }
+                Item::Unsubscribed {
+                    channel,
+                    code,
+                    reason,
+                } => {
+                    // End the stream: the browser reconnects with its
+                    // Last-Event-ID and the channel recovers or reports
+                    // `recovered: false`.
+                    self.client.subscriptions.remove(&channel);
+                    let data = json!({"channel": channel.as_str(), "code": code, "reason": reason})
+                        .to_string();
+                    self.event(&mut out, Some("unsubscribed"), data.as_bytes());
+                    self.done = true;
+                    break;
+                }
+                Item::Frame(_) => {}
+            }
+        }
+        metrics::counter!("herald_edge_sent_bytes_total", "transport" => "sse")
+            .increment(out.len() as u64);
+        metrics::counter!("herald_edge_publications_sent_total", "transport" => "sse")
+            .increment(pubs);
+        Some(Bytes::from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_token_round_trips() {
+        let mut m = BTreeMap::new();
+        m.insert(
+            ChannelName::new("chat:a").unwrap(),
+            Position {
+                epoch: Epoch::new("e1"),
+                offset: Offset(5),
+            },
+        );
+        m.insert(ChannelName::new("b").unwrap(), Position::default());
+        let t = resume_token(&m);
+        assert_eq!(parse_resume_token(&t).unwrap(), m);
+        assert!(parse_resume_token("garbage!").is_none());
+    }
+}

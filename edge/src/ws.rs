@@ -1,0 +1,263 @@
+//! The WebSocket transport (`GET /connection/websocket`): admission checks
+//! before the upgrade (shutdown, origin, limits), then one task per
+//! connection that reads frames into commands and writes the client's
+//! [`Outbox`], sends pings, and enforces the connect timeout, token expiry
+//! and dead-peer detection.
+//!
+//! Owns the socket and nothing else: what a command means lives in
+//! [`crate::protocol::cmd`], what a client is in [`crate::client`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::SinkExt;
+use serde::Deserialize;
+use tokio::time::{Instant, sleep_until};
+
+use crate::Edge;
+use crate::auth::token_from_request;
+use crate::client::{Client, Transport, unix_now};
+use crate::clients::Refusal;
+use crate::config::Origins;
+use crate::outbox::{Item, Outbox};
+use crate::protocol::codes::{ClientError, Disconnect};
+use crate::protocol::frame;
+
+/// Longest a batch of writes may take before the client is considered
+/// stuck (a full TCP window) and dropped as slow.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Query parameters of the upgrade request.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    /// Connection token (browsers cannot set headers on a WebSocket).
+    pub token: Option<String>,
+}
+
+/// Whether the request's `Origin` may open a connection: none (not a
+/// browser), the same host as the request, or one on the allow-list.
+pub fn origin_allowed(origins: &Origins, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    if let Some(host) = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        let host = host.to_ascii_lowercase();
+        let bare = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        if bare == Some(host.as_str()) {
+            return true;
+        }
+    }
+    match origins {
+        Origins::Any => true,
+        Origins::List(list) => list.contains(&origin),
+    }
+}
+
+/// Refusals before an upgrade, as HTTP responses.
+pub fn admit(edge: &Edge, headers: &HeaderMap) -> Result<(), Refusal> {
+    if edge.shutdown.is_shutdown() {
+        let d = Disconnect::SHUTDOWN;
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            d.code.into(),
+            d.reason,
+        ));
+    }
+    if !origin_allowed(&edge.settings.origins, headers) {
+        metrics::counter!("herald_edge_auth_failures_total", "reason" => "origin").increment(1);
+        let e = ClientError::PERMISSION_DENIED;
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            e.code,
+            "origin not allowed",
+        ));
+    }
+    if let Err(e) = edge.clients.check() {
+        metrics::counter!("herald_edge_connections_refused_total").increment(1);
+        let d = Disconnect::CONNECTION_LIMIT;
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            d.code.into(),
+            e.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /connection/websocket`.
+pub async fn upgrade(
+    State(edge): State<Arc<Edge>>,
+    Query(q): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(r) = admit(&edge, &headers) {
+        return r.into_response();
+    }
+    let token = token_from_request(q.token.as_deref(), &headers, &edge.settings.token_cookie);
+    let max = edge.settings.limits.max_message_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| serve(edge, socket, token))
+}
+
+async fn close(socket: &mut WebSocket, d: Disconnect) {
+    let frame = CloseFrame {
+        code: d.code,
+        reason: Utf8Bytes::from_static(d.reason),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+async fn serve(edge: Arc<Edge>, mut socket: WebSocket, token: Option<String>) {
+    let outbox = Arc::new(Outbox::new(edge.settings.limits.client_queue_bytes));
+    let registration = match edge.clients.register(outbox.clone()) {
+        Ok(r) => r,
+        Err(_) => return close(&mut socket, Disconnect::CONNECTION_LIMIT).await,
+    };
+    let limits = edge.settings.limits.clone();
+    let mut client = Client::new(edge, outbox, registration, token, Transport::WebSocket);
+    let connect_deadline = Instant::now() + limits.connect_timeout;
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    let mut heard_since_ping = true;
+    let mut items = Vec::new();
+    let outcome: Option<Disconnect> = loop {
+        let expiry = client
+            .identity
+            .as_ref()
+            .and_then(|i| i.expires_at)
+            .map(|exp| Instant::now() + Duration::from_secs((exp - unix_now()).max(0) as u64 + 1));
+        tokio::select! {
+            r = client.outbox.next(&mut items) => match r {
+                Err(d) => break Some(d),
+                Ok(()) => match tokio::time::timeout(WRITE_TIMEOUT, write(&mut socket, &mut client, &mut items)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => break None,
+                    Err(_) => {
+                        metrics::counter!("herald_edge_slow_consumer_disconnects_total").increment(1);
+                        break None;
+                    }
+                },
+            },
+            msg = socket.recv() => match msg {
+                None | Some(Ok(Message::Close(_))) => break None,
+                Some(Err(e)) => {
+                    // The one read error a client can provoke on purpose is
+                    // an oversized message; anything else is a broken socket.
+                    let too_big = e.to_string().contains("Space limit exceeded");
+                    break too_big.then_some(Disconnect::MESSAGE_TOO_BIG);
+                }
+                Some(Ok(Message::Text(text))) => {
+                    heard_since_ping = true;
+                    metrics::counter!("herald_edge_received_bytes_total").increment(text.len() as u64);
+                    if let Err(d) = handle(&mut client, &text) {
+                        break Some(d);
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => break Some(Disconnect::INAPPROPRIATE_PROTOCOL),
+                Some(Ok(_)) => heard_since_ping = true,
+            },
+            _ = ping.tick() => {
+                if client.identity.is_none() {
+                    continue;
+                }
+                if !heard_since_ping {
+                    break Some(Disconnect::NO_PONG);
+                }
+                heard_since_ping = false;
+                client.send(bytes::Bytes::from_static(frame::PING.as_bytes()));
+            }
+            _ = sleep_until(connect_deadline), if client.identity.is_none() => break Some(Disconnect::STALE),
+            _ = sleep_until(expiry.unwrap_or(connect_deadline)), if expiry.is_some() => {
+                let exp = client.identity.as_ref().and_then(|i| i.expires_at);
+                if exp.is_some_and(|e| e <= unix_now()) {
+                    break Some(Disconnect::EXPIRED);
+                }
+            }
+        }
+    };
+    if let Some(d) = outcome {
+        close(&mut socket, d).await;
+    }
+}
+
+fn handle(client: &mut Client, text: &str) -> Result<(), Disconnect> {
+    let commands = frame::parse(text).map_err(|_| Disconnect::BAD_REQUEST)?;
+    for c in commands {
+        c.command.apply(c.id, client)?;
+    }
+    Ok(())
+}
+
+async fn write(
+    socket: &mut WebSocket,
+    client: &mut Client,
+    items: &mut Vec<Item>,
+) -> Result<(), ()> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut bytes = 0usize;
+    let mut pubs = 0u64;
+    for item in items.drain(..) {
+        let text = match item {
+            Item::Pub(e) => {
+                pubs += 1;
+                if e.published_at_ms > 0 {
+                    metrics::histogram!("herald_edge_delivery_latency_seconds")
+                        .record((now_ms - e.published_at_ms).max(0) as f64 / 1000.0);
+                }
+                e.ws_text.clone()
+            }
+            Item::Frame(b) => Utf8Bytes::try_from(b).map_err(|_| ())?,
+            Item::Subscribed(d) => {
+                pubs += d.publications.len() as u64;
+                Utf8Bytes::try_from(frame::subscribe_reply(&d)).map_err(|_| ())?
+            }
+            Item::SubscribeFailed {
+                reply_id,
+                channel,
+                error,
+            } => {
+                client.subscriptions.remove(&channel);
+                Utf8Bytes::try_from(frame::error(reply_id, &error)).map_err(|_| ())?
+            }
+            Item::Unsubscribed {
+                channel,
+                code,
+                reason,
+            } => {
+                client.subscriptions.remove(&channel);
+                Utf8Bytes::try_from(frame::unsubscribe_push(&channel, code, reason))
+                    .map_err(|_| ())?
+            }
+        };
+        bytes += text.len();
+        socket.feed(Message::Text(text)).await.map_err(|_| ())?;
+    }
+    socket.flush().await.map_err(|_| ())?;
+    metrics::counter!("herald_edge_sent_bytes_total", "transport" => "websocket")
+        .increment(bytes as u64);
+    metrics::counter!("herald_edge_publications_sent_total", "transport" => "websocket")
+        .increment(pubs);
+    Ok(())
+}

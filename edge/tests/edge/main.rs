@@ -1,0 +1,12 @@
+//! End-to-end tests of `herald-edge`: real nodes, real edges, and the real
+//! `centrifuge` SDK / a plain EventSource / raw WebSockets driven by Node.js.
+//! One module per scenario; each names the DESIGN.md guarantee it proves.
+
+mod harness;
+
+mod auth;
+mod bad_input;
+mod fanout;
+mod sdk_failover;
+mod shutdown;
+mod sse;

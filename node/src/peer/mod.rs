@@ -1,0 +1,326 @@
+//! The delivery plane between nodes: QUIC with mutual TLS. The leader pushes
+//! each committed publication to exactly the nodes that registered interest
+//! in its channel ([`fanout`]), on long-lived unidirectional streams chosen
+//! by channel, so per-channel order holds and one slow channel does not
+//! stall the others; every node feeds what it receives to its edge links,
+//! which drop duplicates by offset and fill gaps from history.
+//!
+//! Wire format of a stream: the sender's node id (u64, big-endian), then
+//! frames of a u32 big-endian length and a protobuf `Publication`.
+
+pub mod fanout;
+pub mod interest;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use herald_proto::v1::Publication;
+use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+
+use self::tls::{PeerTls, SERVER_NAME};
+
+/// Streams per peer; a channel always uses the same one.
+const STREAMS: usize = 8;
+/// Frames queued per stream before new ones are dropped (the receiver then
+/// fills the gap from history).
+const STREAM_QUEUE: usize = 4096;
+/// Largest frame accepted from a peer.
+const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// This node's QUIC endpoint and its links to peers.
+pub struct PeerPlane {
+    id: u64,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    links: Mutex<HashMap<u64, Arc<PeerLink>>>,
+    delivery: broadcast::Sender<Arc<Vec<Publication>>>,
+}
+
+impl PeerPlane {
+    /// Bind the endpoint; received publications go to `delivery`.
+    pub fn bind(
+        id: u64,
+        addr: SocketAddr,
+        tls: PeerTls,
+        delivery: broadcast::Sender<Arc<Vec<Publication>>>,
+    ) -> std::io::Result<Arc<Self>> {
+        let mut endpoint = quinn::Endpoint::server(tls.server, addr)?;
+        endpoint.set_default_client_config(tls.client.clone());
+        let plane = Arc::new(Self {
+            id,
+            endpoint,
+            client: tls.client,
+            links: Mutex::new(HashMap::new()),
+            delivery,
+        });
+        tokio::spawn(accept(plane.clone()));
+        Ok(plane)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Queue one encoded frame for a peer; never waits.
+    pub fn send(&self, node: u64, addr: &str, channel: &str, frame: Bytes) {
+        let link = {
+            let mut links = self.links.lock().expect("links lock poisoned");
+            let stale = links.get(&node).is_some_and(|l| l.addr != addr);
+            if stale {
+                links.remove(&node);
+            }
+            links
+                .entry(node)
+                .or_insert_with(|| {
+                    PeerLink::start(
+                        self.id,
+                        node,
+                        addr.to_string(),
+                        self.endpoint.clone(),
+                        self.client.clone(),
+                    )
+                })
+                .clone()
+        };
+        link.send(channel, frame);
+    }
+
+    /// Close every connection.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+/// Encode a publication as one frame.
+pub fn frame(p: &Publication) -> Bytes {
+    let len = p.encoded_len();
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    p.encode(&mut buf).expect("a Vec grows as needed");
+    Bytes::from(buf)
+}
+
+fn stream_of(channel: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in channel.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % STREAMS as u64) as usize
+}
+
+/// The sending side towards one peer: one connection, [`STREAMS`] streams,
+/// each fed by its own bounded queue and task.
+struct PeerLink {
+    node: u64,
+    addr: String,
+    queues: Vec<mpsc::Sender<Bytes>>,
+}
+
+impl PeerLink {
+    fn start(
+        me: u64,
+        node: u64,
+        addr: String,
+        endpoint: quinn::Endpoint,
+        client: quinn::ClientConfig,
+    ) -> Arc<Self> {
+        let conn: Arc<tokio::sync::Mutex<Option<quinn::Connection>>> = Arc::default();
+        let mut queues = Vec::with_capacity(STREAMS);
+        for _ in 0..STREAMS {
+            let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+            queues.push(tx);
+            tokio::spawn(write_stream(
+                me,
+                node,
+                addr.clone(),
+                endpoint.clone(),
+                client.clone(),
+                conn.clone(),
+                rx,
+            ));
+        }
+        tokio::spawn(watch_path(node, conn));
+        Arc::new(Self { node, addr, queues })
+    }
+
+    fn send(&self, channel: &str, frame: Bytes) {
+        let peer = self.node.to_string();
+        let len = frame.len() as u64;
+        match self.queues[stream_of(channel)].try_send(frame) {
+            Ok(()) => {
+                metrics::counter!("herald_peer_sent_publications_total", "peer" => peer.clone())
+                    .increment(1);
+                metrics::counter!("herald_peer_sent_bytes_total", "peer" => peer).increment(len);
+            }
+            Err(_) => metrics::counter!("herald_peer_dropped_total", "peer" => peer).increment(1),
+        }
+    }
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    addr: &str,
+    shared: &tokio::sync::Mutex<Option<quinn::Connection>>,
+) -> Option<quinn::Connection> {
+    let mut guard = shared.lock().await;
+    if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
+        return Some(c.clone());
+    }
+    let target = tokio::net::lookup_host(addr).await.ok()?.next()?;
+    let connecting = endpoint
+        .connect_with(client.clone(), target, SERVER_NAME)
+        .ok()?;
+    match tokio::time::timeout(Duration::from_secs(3), connecting).await {
+        Ok(Ok(c)) => {
+            *guard = Some(c.clone());
+            Some(c)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(addr, "peer connect: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn write_stream(
+    me: u64,
+    node: u64,
+    addr: String,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    conn: Arc<tokio::sync::Mutex<Option<quinn::Connection>>>,
+    mut rx: mpsc::Receiver<Bytes>,
+) {
+    // The frame that failed to write is retried once on the new stream.
+    let mut pending: Option<Bytes> = None;
+    loop {
+        let Some(c) = connect(&endpoint, &client, &addr, &conn).await else {
+            // Unreachable: drop what queued meanwhile (receivers fill from
+            // history) rather than grow, and try again shortly.
+            pending = None;
+            while rx.try_recv().is_ok() {
+                metrics::counter!("herald_peer_dropped_total", "peer" => node.to_string())
+                    .increment(1);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if rx.is_closed() {
+                return;
+            }
+            continue;
+        };
+        let Ok(mut stream) = c.open_uni().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if stream.write_all(&me.to_be_bytes()).await.is_err() {
+            continue;
+        }
+        loop {
+            let frame = match pending.take() {
+                Some(f) => f,
+                None => match rx.recv().await {
+                    Some(f) => f,
+                    None => return,
+                },
+            };
+            if stream.write_all(&frame).await.is_err() {
+                pending = Some(frame);
+                break;
+            }
+        }
+    }
+}
+
+/// Publish the path's RTT and congestion window while connected.
+async fn watch_path(node: u64, conn: Arc<tokio::sync::Mutex<Option<quinn::Connection>>>) {
+    let peer = node.to_string();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if Arc::strong_count(&conn) == 1 {
+            return;
+        }
+        let current = conn.lock().await.clone();
+        if let Some(c) = current.filter(|c| c.close_reason().is_none()) {
+            let stats = c.stats();
+            metrics::gauge!("herald_peer_rtt_seconds", "peer" => peer.clone())
+                .set(stats.path.rtt.as_secs_f64());
+            metrics::gauge!("herald_peer_cwnd_bytes", "peer" => peer.clone())
+                .set(stats.path.cwnd as f64);
+        }
+    }
+}
+
+async fn accept(plane: Arc<PeerPlane>) {
+    while let Some(incoming) = plane.endpoint.accept().await {
+        let delivery = plane.delivery.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, delivery).await,
+                Err(e) => {
+                    metrics::counter!("herald_peer_refused_total").increment(1);
+                    tracing::warn!(%remote, "refused a peer: {e}");
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    delivery: broadcast::Sender<Arc<Vec<Publication>>>,
+) {
+    while let Ok(stream) = conn.accept_uni().await {
+        tokio::spawn(read_stream(stream, delivery.clone()));
+    }
+}
+
+async fn read_stream(
+    mut stream: quinn::RecvStream,
+    delivery: broadcast::Sender<Arc<Vec<Publication>>>,
+) {
+    let mut id = [0u8; 8];
+    if stream.read_exact(&mut id).await.is_err() {
+        return;
+    }
+    let peer = u64::from_be_bytes(id).to_string();
+    let mut len = [0u8; 4];
+    let mut body = Vec::new();
+    while stream.read_exact(&mut len).await.is_ok() {
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_FRAME {
+            tracing::warn!(peer, n, "oversized frame from peer; closing the stream");
+            let _ = stream.stop(1u32.into());
+            return;
+        }
+        body.resize(n, 0);
+        if stream.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let Ok(p) = Publication::decode(body.as_slice()) else {
+            tracing::warn!(peer, "undecodable frame from peer; closing the stream");
+            let _ = stream.stop(2u32.into());
+            return;
+        };
+        metrics::counter!("herald_peer_received_publications_total", "peer" => peer.clone())
+            .increment(1);
+        metrics::counter!("herald_peer_received_bytes_total", "peer" => peer.clone())
+            .increment(4 + n as u64);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        metrics::histogram!("herald_peer_commit_to_receive_seconds")
+            .record((now_ms - p.published_at_ms).max(0) as f64 / 1000.0);
+        let _ = delivery.send(Arc::new(vec![p]));
+    }
+}
