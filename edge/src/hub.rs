@@ -436,6 +436,11 @@ impl Hub {
             if entry.position.is_none() {
                 return;
             }
+            if enc.offset.0 == 0 {
+                // Ephemeral: no position, no recovery; to live subscribers only.
+                Self::deliver_ephemeral(entry, enc);
+                return;
+            }
             if let Some(buffered) = &mut entry.fill {
                 buffered.push(p);
                 return;
@@ -452,6 +457,20 @@ impl Hub {
         if let Some((from, epoch)) = gap_from {
             self.start_fill(channel, from, epoch, 0);
         }
+    }
+
+    /// Hand an ephemeral publication to every live subscriber.
+    fn deliver_ephemeral(entry: &mut Entry, enc: Arc<Encoded>) {
+        let mut delivered = 0u64;
+        for sub in entry.subs.values_mut() {
+            if matches!(sub.state, SubState::Live)
+                && sub.outbox.push(Item::Pub(enc.clone())).is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        metrics::counter!("herald_edge_publications_total").increment(1);
+        metrics::counter!("herald_edge_messages_queued_total").increment(delivered);
     }
 
     /// Hand `enc` to every subscriber if it continues the channel; `Err` if

@@ -278,7 +278,9 @@ impl Stream {
             match item {
                 Item::Pub(e) => {
                     pubs += 1;
-                    self.positions.insert(e.channel.clone(), e.position());
+                    if e.offset.0 > 0 {
+                        self.positions.insert(e.channel.clone(), e.position());
+                    }
                     self.event(&mut out, None, &e.push_body());
                 }
                 Item::Subscribed(d) => {

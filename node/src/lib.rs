@@ -121,6 +121,7 @@ pub async fn run(
             let plane = peer::PeerPlane::bind(config.id, q.listen, tls, replica.delivery_sender())
                 .with_context(|| format!("--quic-listen {}", q.listen))?;
             let bound = plane.local_addr()?;
+            replica.attach_plane(plane.clone());
             let quic_addr = q.advertise.clone().unwrap_or_else(|| {
                 let host = config
                     .advertise

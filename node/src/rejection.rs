@@ -50,6 +50,9 @@ pub enum Rejection {
         /// The limit.
         max: usize,
     },
+    /// A batch mixing ephemeral and history-keeping namespaces.
+    #[error("a batch cannot mix ephemeral (history_size 0) and history-keeping channels")]
+    MixedEphemeral,
     /// A batch without publications.
     #[error("batch is empty")]
     BatchEmpty,
@@ -130,6 +133,7 @@ impl Rejection {
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::BatchTooLarge { .. } => "BATCH_TOO_LARGE",
             Self::BatchEmpty => "BATCH_EMPTY",
+            Self::MixedEphemeral => "BATCH_MIXES_EPHEMERAL",
             Self::IdempotencyKeyTooLong { .. } => "IDEMPOTENCY_KEY_TOO_LONG",
             Self::TooManyHeaders { .. } => "TOO_MANY_HEADERS",
             Self::EventTypeTooLong { .. } => "EVENT_TYPE_TOO_LONG",

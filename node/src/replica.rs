@@ -51,6 +51,7 @@ pub struct Replica {
     commit_timeout: Duration,
     published: broadcast::Sender<Arc<Vec<Publication>>>,
     delivery: broadcast::Sender<Arc<Vec<Publication>>>,
+    plane: std::sync::OnceLock<Arc<crate::peer::PeerPlane>>,
 }
 
 /// Batches of publications an edge link may fall behind by before it
@@ -106,6 +107,7 @@ impl Replica {
             commit_timeout: election_timeout * 10,
             published,
             delivery,
+            plane: std::sync::OnceLock::new(),
         }
     }
 
@@ -248,8 +250,77 @@ impl Replica {
         })
     }
 
+    /// Use this QUIC plane for ephemeral publications.
+    pub fn attach_plane(&self, plane: Arc<crate::peer::PeerPlane>) {
+        let _ = self.plane.set(plane);
+    }
+
+    /// Deliver publications of ephemeral namespaces (history size 0) without
+    /// Raft: to this node's edge links and, over QUIC, to every node with
+    /// interest. At most once; ordered per publisher (one node sends a
+    /// channel's publications on one stream per peer). `None` when the batch
+    /// is not ephemeral or there is no QUIC plane (then Raft carries it).
+    fn publish_ephemeral(
+        &self,
+        items: &[NewPublication],
+    ) -> Option<Result<Vec<Accepted>, Rejection>> {
+        let plane = self.plane.get()?;
+        let ephemeral = items.iter().filter(|i| i.history_size == 0).count();
+        if ephemeral == 0 {
+            return None;
+        }
+        if ephemeral != items.len() {
+            return Some(Err(Rejection::MixedEphemeral));
+        }
+        let now = now_ms();
+        let pubs: Vec<Publication> = items
+            .iter()
+            .map(|i| Publication {
+                channel: i.channel.clone(),
+                offset: 0,
+                epoch: String::new(),
+                event_type: i.event_type.clone(),
+                data: i.data.clone(),
+                content_type: i.content_type.clone(),
+                idempotency_key: i.idempotency_key.clone(),
+                headers: i
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                published_at_ms: now,
+            })
+            .collect();
+        self.with_delivery(|d| {
+            for p in &pubs {
+                let frame = crate::peer::frame(p);
+                for node in d.members(&p.channel).filter(|n| *n != self.id) {
+                    if let Some(addr) = d.quic_addr(node) {
+                        plane.send(node, addr, &p.channel, frame.clone());
+                    }
+                }
+            }
+        });
+        metrics::counter!("herald_publications_ephemeral_total").increment(pubs.len() as u64);
+        let accepted = pubs
+            .iter()
+            .map(|p| Accepted {
+                channel: p.channel.clone(),
+                offset: crate::channels::Offset(0),
+                epoch: crate::channels::Epoch::default(),
+                published_at_ms: now,
+                duplicate: false,
+            })
+            .collect();
+        let _ = self.delivery.send(Arc::new(pubs));
+        Some(Ok(accepted))
+    }
+
     /// Commit publications as one unit, or say where the leader is.
     pub async fn publish(&self, items: Vec<NewPublication>) -> Result<PublishOutcome, Rejection> {
+        if let Some(result) = self.publish_ephemeral(&items) {
+            return result.map(PublishOutcome::Done);
+        }
         if self.stepping_down.load(Ordering::Relaxed) {
             return Err(Rejection::SteppingDown);
         }

@@ -88,8 +88,12 @@ pub fn encode(channel: ChannelName, p: &Publication) -> Encoded {
             }
         }
     }
-    out.extend_from_slice(b",\"offset\":");
-    out.extend_from_slice(p.offset.to_string().as_bytes());
+    // Ephemeral publications (offset 0) carry no position: omitting it keeps
+    // SDKs from resetting the position they resume from.
+    if p.offset > 0 {
+        out.extend_from_slice(b",\"offset\":");
+        out.extend_from_slice(p.offset.to_string().as_bytes());
+    }
     if !p.epoch.is_empty() {
         out.extend_from_slice(b",\"epoch\":");
         write_str(&mut out, &p.epoch);

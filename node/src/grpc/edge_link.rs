@@ -165,6 +165,11 @@ impl<H: HistorySource> Session<H> {
             let Some(pos) = self.positions.get_mut(&p.channel) else {
                 continue;
             };
+            if p.offset == 0 {
+                // Ephemeral: no position to keep, nothing to fill.
+                out.push(message(NodeMsg::Publication(p.clone())));
+                continue;
+            }
             if pos.epoch.is_empty() && pos.offset == 0 {
                 // Subscribed before the channel's first publication.
                 pos.epoch = p.epoch.clone();
