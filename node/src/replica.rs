@@ -452,7 +452,8 @@ impl Replica {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         if membership.get_node(&id).is_none() {
-            return Err(Rejection::Membership(format!("node {id} is not a member")));
+            // Already gone: removal is idempotent, so retried hooks succeed.
+            return Ok(());
         }
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         if voters.contains(&id) {

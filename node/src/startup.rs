@@ -2,6 +2,7 @@
 //! (`--join`), or bootstrap from the static peer list, but only as the
 //! lowest listed id and only when no listed peer already belongs to a
 //! cluster (a node whose disk was wiped must rejoin, never fork a new one).
+//! A listed peer that finds a running cluster without it asks to be added.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,15 +30,17 @@ pub(crate) async fn bootstrap_or_join(config: NodeConfig, raft: Raft, outbound: 
     let lowest = config.peers.keys().next().copied();
     if lowest != Some(config.id) {
         tracing::info!("waiting for the bootstrap node to contact this one");
+        join_if_left_out(&config, &raft, &outbound).await;
         return;
     }
     loop {
         match any_peer_in_cluster(&config, &outbound).await {
-            Some(peer) => {
+            Some((peer, _)) => {
                 tracing::info!(
                     peer,
                     "a peer already belongs to a cluster; waiting to be replicated to"
                 );
+                join_if_left_out(&config, &raft, &outbound).await;
                 return;
             }
             None => {
@@ -71,7 +74,36 @@ pub(crate) async fn bootstrap_or_join(config: NodeConfig, raft: Raft, outbound: 
     }
 }
 
-async fn any_peer_in_cluster(config: &NodeConfig, outbound: &Outbound) -> Option<u64> {
+/// A node listed in `--peers` may not be a member (the StatefulSet was
+/// scaled up after the cluster formed): once a peer shows a cluster that
+/// does not include this node, ask it to add us, as `--join` would.
+async fn join_if_left_out(config: &NodeConfig, raft: &Raft, outbound: &Outbound) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        if let Some((_, members)) = any_peer_in_cluster(config, outbound).await
+            && !members.contains(&config.id)
+        {
+            let via = config
+                .peers
+                .iter()
+                .find(|(id, _)| members.contains(id))
+                .map(|(_, addr)| addr.clone());
+            if let Some(via) = via {
+                tracing::info!(
+                    "not a member of the running cluster; asking {via} to add this node"
+                );
+                join_cluster(config, &via, outbound).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The first listed peer that belongs to a cluster, with its member ids.
+async fn any_peer_in_cluster(config: &NodeConfig, outbound: &Outbound) -> Option<(u64, Vec<u64>)> {
     for (id, addr) in &config.peers {
         if *id == config.id {
             continue;
@@ -82,10 +114,11 @@ async fn any_peer_in_cluster(config: &NodeConfig, outbound: &Outbound) -> Option
         let mut req = tonic::Request::new(ClusterStatusRequest {});
         req.set_timeout(Duration::from_millis(500));
         let answer = tokio::time::timeout(Duration::from_secs(1), client.cluster_status(req)).await;
-        if let Ok(Ok(status)) = answer
-            && !status.into_inner().members.is_empty()
-        {
-            return Some(*id);
+        if let Ok(Ok(status)) = answer {
+            let members: Vec<u64> = status.into_inner().members.iter().map(|m| m.id).collect();
+            if !members.is_empty() {
+                return Some((*id, members));
+            }
         }
     }
     None
