@@ -1,18 +1,19 @@
-//! `herald dev`: a whole cluster on loopback, for trying Herald and for the
-//! README quick start.
+//! `herald dev`: a whole cluster on loopback (nodes and one edge), for
+//! trying Herald and for the README quick start.
 //!
 //! Owns the life of its child processes: it plans them (ids, free ports, one
-//! API key, one data directory), starts them, prints how to reach them, waits
-//! until they have elected a leader, and stops every one of them on Ctrl-C,
-//! SIGTERM, a child's death or its own start-up error. It must never exit
-//! leaving a child running: every path out of [`run`] goes through
-//! [`Supervisor::stop`], and each child is also killed when its handle is
-//! dropped (a panic).
+//! API key, one token secret, one data directory), starts them, prints how
+//! to reach them and a development token, waits until the nodes have
+//! elected a leader and the edge is linked to one, and stops every one of
+//! them on Ctrl-C, SIGTERM, a child's death or its own start-up error. It
+//! must never exit leaving a child running: every path out of [`run`] goes
+//! through [`Supervisor::stop`], and each child is also killed when its
+//! handle is dropped (a panic).
 //!
 //! Each kind of process is a [`ProcessSpec`] (a label, a command line, a log
-//! file and the endpoints to print); adding a kind (the edge) means writing
-//! one more `*_specs` function and, if it has its own notion of ready, one
-//! more probe in [`wait_ready`].
+//! file and the endpoints to print), made by [`node_specs`] or
+//! [`edge_spec`]; a kind with its own notion of ready has its own probe in
+//! [`wait_ready`].
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -20,7 +21,7 @@ use std::io::{Read, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -28,6 +29,8 @@ use herald_proto::v1::ClusterStatusRequest;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, sleep, timeout};
@@ -59,6 +62,24 @@ const NODE_ENV_CLEARED: &[&str] = &[
     "HERALD_API_KEYS_FILE",
     "HERALD_ALLOW_UNAUTHENTICATED",
 ];
+
+/// `HERALD_*` variables `herald-edge` reads that would make the printed
+/// development token useless (another key, a required `aud` or `iss`) or
+/// open the edge to anonymous clients. Limits and `HERALD_ALLOWED_ORIGINS`
+/// stay inheritable: a developer's page on another port needs the latter.
+const EDGE_ENV_CLEARED: &[&str] = &[
+    "HERALD_JWT_PUBLIC_KEY_FILE",
+    "HERALD_JWKS_FILE",
+    "HERALD_JWT_AUDIENCE",
+    "HERALD_JWT_ISSUER",
+    "HERALD_ALLOW_ANONYMOUS",
+    "HERALD_ANONYMOUS_CHANNELS",
+];
+
+/// The `sub` of the printed development token.
+const DEV_USER: &str = "dev";
+/// How long the printed development token is valid.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[derive(Debug, Args)]
 pub(crate) struct DevArgs {
@@ -108,10 +129,16 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     // Handlers first: a Ctrl-C during start-up must stop the children, not
     // kill this process and orphan them.
     let mut signals = Signals::new()?;
-    let node_bin = node_binary()?;
+    let node_bin = sibling_binary("herald-node", "HERALD_NODE_BIN")?;
+    let edge_bin = sibling_binary("herald-edge", "HERALD_EDGE_BIN")?;
     let data = DataDir::new(args.data_dir, args.keep_data)?;
-    let api_key = random_key()?;
+    let api_key = random_hex(16).context("reading /dev/urandom for the API key")?;
+    // A fresh secret each run: the edge keeps no state, so a token from an
+    // earlier run has no reason to keep working.
+    let jwt_secret = random_hex(32).context("reading /dev/urandom for the token secret")?;
+    let token = dev_token(&jwt_secret, SystemTime::now())?;
     let nodes = node_plan(data.path(), args.nodes)?;
+    let edge = edge_plan(&nodes)?;
     let policy = match args.config {
         Some(path) => path,
         None => {
@@ -137,6 +164,14 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     for spec in &mut specs {
         spec.args.extend(quic_args(&tls));
     }
+    specs.push(edge_spec(
+        &edge_bin,
+        data.path(),
+        &edge,
+        &nodes,
+        &api_key,
+        &jwt_secret,
+    ));
     let probes = nodes
         .iter()
         .map(|n| Server::new(n.grpc.clone(), Some(api_key.clone())).connect_lazy())
@@ -155,14 +190,16 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             }
         }
         writeln!(banner, "api-key {api_key}")?;
+        writeln!(banner, "token {token}")?;
         writeln!(banner, "data-dir {}", data.path().display())?;
         say(&banner);
 
         tokio::select! {
-            ready = timeout(ready_timeout, wait_ready(&probes)) => match ready {
+            ready = timeout(ready_timeout, wait_ready(&probes, &edge.http)) => match ready {
                 Ok(()) => say("ready\n"),
                 Err(_) => bail!(
-                    "the cluster did not elect a leader within {}s; logs are in {}",
+                    "the cluster was not ready (a leader elected, the edge linked) within {}s; \
+                     logs are in {}",
                     ready_timeout.as_secs(),
                     data.path().display()
                 ),
@@ -210,35 +247,64 @@ fn say(text: &str) {
     let _ = out.flush();
 }
 
-/// `herald-node` next to this executable (how `cargo build` and release
-/// archives lay them out), unless `HERALD_NODE_BIN` names another.
-fn node_binary() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("HERALD_NODE_BIN") {
+/// The executable `name` next to this one (how `cargo build` and release
+/// archives lay them out), unless the environment variable `env` names
+/// another.
+fn sibling_binary(name: &str, env: &str) -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os(env) {
         Some(p) => PathBuf::from(p),
         None => {
             let exe = std::env::current_exe().context("locating the herald executable")?;
-            exe.with_file_name(format!("herald-node{}", std::env::consts::EXE_SUFFIX))
+            exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX))
         }
     };
     if !path.is_file() {
         bail!(
-            "herald-node not found at {} (build it, or set HERALD_NODE_BIN)",
+            "{name} not found at {} (build it, or set {env})",
             path.display()
         );
     }
     Ok(path)
 }
 
-/// A random API key: hex of 16 bytes from the kernel's CSPRNG.
-fn random_key() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom for the API key")?;
-    Ok(bytes.iter().fold(String::with_capacity(32), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    }))
+/// Hex of `len` bytes from the kernel's CSPRNG.
+fn random_hex(len: usize) -> std::io::Result<String> {
+    let mut bytes = vec![0u8; len];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes))?;
+    Ok(bytes
+        .iter()
+        .fold(String::with_capacity(2 * len), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        }))
+}
+
+/// An HS256 connection token for the dev edge: user [`DEV_USER`], valid for
+/// [`DEV_TOKEN_TTL`] from `now`, allowed to subscribe, publish, and read
+/// history and presence on every channel (the edge's `caps` claim; the
+/// namespace policy still decides whether clients may publish).
+fn dev_token(secret: &str, now: SystemTime) -> anyhow::Result<String> {
+    let exp = (now + DEV_TOKEN_TTL)
+        .duration_since(UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": DEV_USER,
+        "exp": exp,
+        "caps": [{
+            "channels": ["*"],
+            "match": "wildcard",
+            "allow": ["sub", "pub", "hst", "prs"],
+        }],
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())
+        .context("making the token signing key")?;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &key,
+    )
+    .context("signing the development token")
 }
 
 /// Where the cluster's data and logs live, and whether they outlive it.
@@ -368,6 +434,35 @@ fn parse_ports(text: &str) -> anyhow::Result<Vec<NodePlan>> {
         .collect()
 }
 
+/// The edge's two listeners: clients (WebSocket, SSE) and operations
+/// (`/metrics`, `/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EdgePlan {
+    listen: String,
+    http: String,
+}
+
+/// Two free loopback ports for the edge, fresh on every start (an edge
+/// keeps nothing between runs), avoiding the nodes' ports: a kept cluster's
+/// ports are free until its nodes start, so the kernel may offer them.
+fn edge_plan(nodes: &[NodePlan]) -> anyhow::Result<EdgePlan> {
+    let taken: Vec<&str> = nodes
+        .iter()
+        .flat_map(|n| [n.grpc.as_str(), n.http.as_str()])
+        .collect();
+    for _ in 0..16 {
+        let ports = free_ports(2)?;
+        let plan = EdgePlan {
+            listen: format!("127.0.0.1:{}", ports[0]),
+            http: format!("127.0.0.1:{}", ports[1]),
+        };
+        if !taken.contains(&plan.listen.as_str()) && !taken.contains(&plan.http.as_str()) {
+            return Ok(plan);
+        }
+    }
+    bail!("finding free loopback ports for the edge: the kernel keeps offering the nodes' ports")
+}
+
 /// How to run one child, and what to tell the user about it.
 #[derive(Debug, Clone)]
 struct ProcessSpec {
@@ -429,6 +524,50 @@ fn node_specs(
         .collect()
 }
 
+/// Edge 1, linked to every node (it moves to the next when its node fails),
+/// accepting HS256 tokens signed with `jwt_secret`.
+fn edge_spec(
+    bin: &Path,
+    dir: &Path,
+    edge: &EdgePlan,
+    nodes: &[NodePlan],
+    api_key: &str,
+    jwt_secret: &str,
+) -> ProcessSpec {
+    let node_addrs = nodes
+        .iter()
+        .map(|n| n.grpc.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let args: Vec<OsString> = vec![
+        "--listen".into(),
+        edge.listen.clone().into(),
+        "--http-listen".into(),
+        edge.http.clone().into(),
+        "--nodes".into(),
+        node_addrs.into(),
+        "--api-key".into(),
+        api_key.into(),
+        "--jwt-hs256-secret".into(),
+        jwt_secret.into(),
+    ];
+    ProcessSpec {
+        label: "edge 1".to_string(),
+        program: bin.to_path_buf(),
+        args,
+        env_remove: EDGE_ENV_CLEARED,
+        log: dir.join("edge-1.log"),
+        endpoints: vec![
+            (
+                "websocket",
+                format!("ws://{}/connection/websocket", edge.listen),
+            ),
+            ("sse", format!("http://{}/connection/sse", edge.listen)),
+            ("metrics", format!("http://{}/metrics", edge.http)),
+        ],
+    }
+}
+
 /// Flags enabling the QUIC delivery plane on a loopback port of its own.
 fn quic_args(tls: &crate::certs::CertSet) -> Vec<OsString> {
     vec![
@@ -443,15 +582,31 @@ fn quic_args(tls: &crate::certs::CertSet) -> Vec<OsString> {
     ]
 }
 
-/// Resolves once every node answers `ClusterStatus` with the same leader and
-/// that leader has applied at least one entry (so it can serve publishes).
-async fn wait_ready(nodes: &[Connection]) {
+/// Resolves once every node answers `ClusterStatus` with the same leader,
+/// that leader has applied at least one entry (so it can serve publishes),
+/// and the edge at `edge_http` reports its EdgeLink up (so a client that
+/// connects now can subscribe).
+async fn wait_ready(nodes: &[Connection], edge_http: &str) {
     loop {
-        if cluster_ready(nodes).await {
+        if cluster_ready(nodes).await && edge_ready(edge_http).await {
             return;
         }
         sleep(POLL).await;
     }
+}
+
+/// Whether `GET /readyz` on the edge's operations listener answers 200.
+async fn edge_ready(addr: &str) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        std::io::Result::Ok(head)
+    };
+    // `HTTP/1.1 200` is exactly 12 bytes.
+    matches!(timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(head)) if head.ends_with(b" 200"))
 }
 
 async fn cluster_ready(nodes: &[Connection]) -> bool {
@@ -721,9 +876,107 @@ mod tests {
 
     #[test]
     fn api_key_is_32_hex_digits() {
-        let key = random_key().unwrap();
+        let key = random_hex(16).unwrap();
         assert_eq!(key.len(), 32);
         assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(key, random_key().unwrap());
+        assert_ne!(key, random_hex(16).unwrap());
+    }
+
+    #[test]
+    fn edge_links_to_every_node_and_prints_its_urls() {
+        let nodes = vec![
+            NodePlan {
+                id: 1,
+                grpc: "127.0.0.1:4001".into(),
+                http: "127.0.0.1:4002".into(),
+            },
+            NodePlan {
+                id: 2,
+                grpc: "127.0.0.1:4003".into(),
+                http: "127.0.0.1:4004".into(),
+            },
+        ];
+        let plan = EdgePlan {
+            listen: "127.0.0.1:5001".into(),
+            http: "127.0.0.1:5002".into(),
+        };
+        let spec = edge_spec(
+            Path::new("/bin/herald-edge"),
+            Path::new("/d"),
+            &plan,
+            &nodes,
+            "k",
+            "s",
+        );
+        assert_eq!(spec.label, "edge 1");
+        assert_eq!(spec.log, Path::new("/d/edge-1.log"));
+        let args: Vec<String> = spec
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--listen",
+                "127.0.0.1:5001",
+                "--http-listen",
+                "127.0.0.1:5002",
+                "--nodes",
+                "127.0.0.1:4001,127.0.0.1:4003",
+                "--api-key",
+                "k",
+                "--jwt-hs256-secret",
+                "s"
+            ]
+        );
+        assert_eq!(
+            spec.endpoints,
+            [
+                (
+                    "websocket",
+                    "ws://127.0.0.1:5001/connection/websocket".to_string()
+                ),
+                ("sse", "http://127.0.0.1:5001/connection/sse".to_string()),
+                ("metrics", "http://127.0.0.1:5002/metrics".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn edge_ports_avoid_the_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = node_plan(dir.path(), 3).unwrap();
+        let edge = edge_plan(&nodes).unwrap();
+        assert_ne!(edge.listen, edge.http);
+        for n in &nodes {
+            for addr in [&edge.listen, &edge.http] {
+                assert!(addr != &n.grpc && addr != &n.http, "{addr} is a node's");
+            }
+        }
+    }
+
+    #[test]
+    fn dev_token_allows_everything_for_a_day() {
+        let now = SystemTime::now();
+        let token = dev_token("secret", now).unwrap();
+        let key = jsonwebtoken::DecodingKey::from_secret(b"secret").unwrap();
+        let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation)
+            .unwrap()
+            .claims;
+        let now_secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(claims["sub"], "dev");
+        assert_eq!(claims["exp"], now_secs + 24 * 3600);
+        assert_eq!(
+            claims["caps"],
+            serde_json::json!([{
+                "channels": ["*"],
+                "match": "wildcard",
+                "allow": ["sub", "pub", "hst", "prs"]
+            }])
+        );
+        let wrong = jsonwebtoken::DecodingKey::from_secret(b"other").unwrap();
+        assert!(jsonwebtoken::decode::<serde_json::Value>(&token, &wrong, &validation).is_err());
     }
 }

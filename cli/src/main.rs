@@ -53,7 +53,7 @@ struct Cli {
 enum Command {
     /// Write a throwaway cluster CA and node certificate (QUIC plane).
     Certs(certs::CertsArgs),
-    /// Run a local cluster of `herald-node` processes until Ctrl-C.
+    /// Run a local cluster (3 nodes and an edge) until Ctrl-C.
     Dev(dev::DevArgs),
     /// Publish one event to a channel.
     Publish(publish::PublishArgs),
