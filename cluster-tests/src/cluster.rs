@@ -2,6 +2,12 @@
 //! its own data directory under one temporary directory, sharing an API key
 //! and a channel policy file.
 //!
+//! [`Cluster::start_isolated`] instead puts each node in its own network
+//! namespace (see [`crate::network`]), so a test can cut and degrade the
+//! links between nodes; [`ClusterOptions::clock_control`] runs every node
+//! under libfaketime so a test can jump one node's clock (see
+//! [`crate::clock`]).
+//!
 //! Dropping a [`Cluster`] kills every node; when the drop happens because a
 //! test panicked, the tail of every node's log is printed first (and the
 //! temporary directory is kept if `HERALD_KEEP_TEST_DIRS` is set), so a
@@ -23,7 +29,9 @@ use tonic::Status;
 
 use crate::binary;
 use crate::client::{self, Admin, Publisher, RotatingPublisher};
-use crate::process::NodeProc;
+use crate::clock;
+use crate::network::Network;
+use crate::process::{NodeLaunch, NodeProc};
 
 /// How to start the nodes of a [`Cluster`].
 #[derive(Debug, Clone)]
@@ -45,6 +53,11 @@ pub struct ClusterOptions {
     pub log: String,
     /// Further flags for every node.
     pub extra_args: Vec<String>,
+    /// Run every node under libfaketime with its own clock file, so
+    /// [`Cluster::set_clock`] can move that node's wall clock while it runs
+    /// (monotonic time is left alone, as an NTP step would). Needs
+    /// [`clock::libfaketime`].
+    pub clock_control: bool,
 }
 
 impl Default for ClusterOptions {
@@ -59,6 +72,7 @@ impl Default for ClusterOptions {
             log: std::env::var("HERALD_TEST_LOG")
                 .unwrap_or_else(|_| "info,openraft=warn".to_string()),
             extra_args: Vec::new(),
+            clock_control: false,
         }
     }
 }
@@ -113,6 +127,11 @@ impl Drop for Slot {
     }
 }
 
+/// The ports of a node in its own network namespace (it has the address to
+/// itself).
+const ISOLATED_GRPC_PORT: u16 = 7100;
+const ISOLATED_HTTP_PORT: u16 = 7200;
+
 /// `n` distinct free loopback ports. The listeners are held until all are
 /// chosen so the same port is not handed out twice; another process could
 /// still take one before the node binds it, which is rare enough on a test
@@ -129,8 +148,9 @@ pub struct Cluster {
     nodes: BTreeMap<u64, NodeProc>,
     opts: ClusterOptions,
     policy_path: Option<PathBuf>,
-    // Field order matters for Drop: processes die before their directory is
-    // removed, and the slot is released last.
+    // Field order matters for Drop: processes die (in `drop`) before their
+    // network and directory are removed, and the slot is released last.
+    net: Option<Network>,
     dir: Option<TempDir>,
     _slot: Slot,
 }
@@ -148,6 +168,19 @@ impl Cluster {
     /// Start nodes `1..=n` as the initial voters and wait (hang guard: 60 s)
     /// until they agree on a leader. Must be called inside a tokio runtime.
     pub async fn start(n: usize, opts: ClusterOptions) -> anyhow::Result<Self> {
+        Self::start_on(n, opts, false).await
+    }
+
+    /// [`Cluster::start`] with each node in its own network namespace,
+    /// listening on `10.213.<k>.<10 + id>:7100` (gRPC) and `:7200` (HTTP),
+    /// reachable from the test process and from each other through one
+    /// bridge. Faults between nodes are injected through [`Cluster::net`].
+    /// Fails when [`Network::available`] does: check that first and skip.
+    pub async fn start_isolated(n: usize, opts: ClusterOptions) -> anyhow::Result<Self> {
+        Self::start_on(n, opts, true).await
+    }
+
+    async fn start_on(n: usize, opts: ClusterOptions, isolated: bool) -> anyhow::Result<Self> {
         assert!(n > 0, "a cluster needs at least one node");
         let binary = binary::herald_node();
         let slot = Slot::acquire();
@@ -162,9 +195,30 @@ impl Cluster {
                 Some(path)
             }
         };
-        let addrs = free_addrs(2 * n)?;
-        let grpc: BTreeMap<u64, SocketAddr> = (1..=n as u64).zip(addrs.iter().copied()).collect();
-        let http: Vec<SocketAddr> = addrs[n..].to_vec();
+        let mut net = if isolated {
+            Some(Network::create()?)
+        } else {
+            None
+        };
+        let (grpc, http): (BTreeMap<u64, SocketAddr>, Vec<SocketAddr>) = match &mut net {
+            None => {
+                let addrs = free_addrs(2 * n)?;
+                (
+                    (1..=n as u64).zip(addrs.iter().copied()).collect(),
+                    addrs[n..].to_vec(),
+                )
+            }
+            Some(net) => {
+                let mut grpc = BTreeMap::new();
+                let mut http = Vec::new();
+                for id in 1..=n as u64 {
+                    let addr = net.add_host(id)?.addr.into();
+                    grpc.insert(id, SocketAddr::new(addr, ISOLATED_GRPC_PORT));
+                    http.push(SocketAddr::new(addr, ISOLATED_HTTP_PORT));
+                }
+                (grpc, http)
+            }
+        };
         let peers = grpc
             .iter()
             .map(|(id, addr)| format!("{id}={addr}"))
@@ -174,6 +228,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             opts,
             policy_path,
+            net,
             dir: Some(dir),
             _slot: slot,
         };
@@ -226,8 +281,26 @@ impl Cluster {
             args.extend(["--config".into(), policy.clone().into()]);
         }
         args.extend(extra);
-        let node = NodeProc::spawn(id, binary, args, grpc_addr, http_addr, data_dir, log_path)
-            .with_context(|| format!("spawning node {id}"))?;
+        let (program, mut command) = match &self.net {
+            None => (binary.to_path_buf(), Vec::new()),
+            Some(net) => net.command_in(id, binary),
+        };
+        command.extend(args);
+        let env = if self.opts.clock_control {
+            clock::node_env(self.dir(), id)?
+        } else {
+            Vec::new()
+        };
+        let launch = NodeLaunch {
+            program,
+            args: command,
+            env,
+            grpc_addr,
+            http_addr,
+            data_dir,
+            log_path,
+        };
+        let node = NodeProc::launch(id, launch).with_context(|| format!("spawning node {id}"))?;
         self.nodes.insert(id, node);
         Ok(self.nodes.get_mut(&id).expect("just inserted"))
     }
@@ -258,7 +331,16 @@ impl Cluster {
             .next()
             .ok_or_else(|| anyhow!("no running node to join through"))?;
         let via = self.nodes[&via].grpc_addr();
-        let addrs = free_addrs(2)?;
+        let addrs = match &mut self.net {
+            None => free_addrs(2)?,
+            Some(net) => {
+                let addr = net.add_host(id)?.addr.into();
+                vec![
+                    SocketAddr::new(addr, ISOLATED_GRPC_PORT),
+                    SocketAddr::new(addr, ISOLATED_HTTP_PORT),
+                ]
+            }
+        };
         let mut extra = vec![OsString::from("--join"), via.to_string().into()];
         if learner {
             extra.push("--learner".into());
@@ -270,6 +352,21 @@ impl Cluster {
     /// The temporary directory holding data directories, logs and the policy.
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("present until drop").path()
+    }
+
+    /// The network of a cluster started with [`Cluster::start_isolated`].
+    ///
+    /// # Panics
+    /// When the cluster runs on loopback.
+    pub fn net(&self) -> &Network {
+        self.net
+            .as_ref()
+            .expect("the cluster was not started with Cluster::start_isolated")
+    }
+
+    /// Whether the nodes run in network namespaces.
+    pub fn is_isolated(&self) -> bool {
+        self.net.is_some()
     }
 
     /// The options the cluster was started with.
@@ -433,6 +530,62 @@ impl Cluster {
         }
     }
 
+    /// Wait until nodes `ids` (say, the majority side of a partition) agree
+    /// on a leader among them that reports itself `leader`, whatever the
+    /// other nodes believe. Returns its id.
+    pub async fn wait_for_leader_among(
+        &mut self,
+        ids: &[u64],
+        timeout: Duration,
+    ) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_no_crash()?;
+            let mut all = BTreeMap::new();
+            let mut last = String::new();
+            for &id in ids {
+                match self.status(id).await {
+                    Ok(s) => {
+                        all.insert(id, s);
+                    }
+                    Err(e) => last = format!("node {id}: {:?} {}", e.code(), e.message()),
+                }
+            }
+            if all.len() == ids.len() {
+                let leaders: BTreeSet<Option<u64>> = all.values().map(|s| s.leader_id).collect();
+                if let (1, Some(Some(leader))) = (leaders.len(), leaders.first())
+                    && all.get(leader).is_some_and(|s| s.state == "leader")
+                {
+                    return Ok(*leader);
+                }
+                last = format!("no agreed leader among {ids:?}: {:?}", brief(&all));
+            }
+            if Instant::now() >= deadline {
+                bail!("no leader among {ids:?} within {timeout:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until node `id` answers `/readyz` with 200: it knows a leader and
+    /// has applied everything it knows to be committed.
+    pub async fn wait_ready(&mut self, id: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let addr = self.node(id).http_addr();
+        loop {
+            self.check_no_crash()?;
+            let last = match client::http_get(addr, "/readyz").await {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) => format!("{code} {}", body.trim()),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                bail!("node {id} not ready within {timeout:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Wait until there is an agreed leader whose whole log is committed,
     /// and every running node has applied exactly the leader's committed
     /// index: after this, local reads on every node see the same state.
@@ -577,6 +730,14 @@ impl Drop for Cluster {
                 self.dir().display()
             );
             eprintln!("{}", self.log_tails());
+            if let Some(net) = &self.net {
+                eprintln!(
+                    "network {}: cuts (from, to) {:?}, impaired hosts {:?}",
+                    net.prefix(),
+                    net.cuts(),
+                    net.impaired()
+                );
+            }
             if std::env::var_os("HERALD_KEEP_TEST_DIRS").is_some()
                 && let Some(dir) = self.dir.take()
             {

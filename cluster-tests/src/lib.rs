@@ -10,19 +10,36 @@
 //! Timeouts in this crate are hang guards, never assertions about speed: the
 //! machines that run these tests are shared and noisy.
 //!
+//! Fault injection beyond signals: [`Cluster::start_isolated`] runs each
+//! node in its own network namespace so links can be cut or degraded
+//! ([`network`]), and [`ClusterOptions::clock_control`] lets a test jump one
+//! node's wall clock ([`clock`]). The [`load`] of careful publishers writes a
+//! [`ledger`] that the history checker compares with every node's history;
+//! each scenario ends with a printed [`verdict::Verdict`].
+//!
 //! Environment knobs: `HERALD_TEST_LOG` sets the nodes' `--log` filter
 //! (default `info,openraft=warn`); `HERALD_KEEP_TEST_DIRS` keeps a failed
-//! test's data directories and full logs instead of deleting them.
+//! test's data directories and full logs instead of deleting them;
+//! `HERALD_LIBFAKETIME` points at libfaketime when it is not where Debian
+//! puts it.
 #![warn(missing_docs)]
 
 pub mod binary;
 pub mod client;
+pub mod clock;
 pub mod cluster;
+pub mod ledger;
+pub mod load;
+pub mod network;
 pub mod process;
+pub mod rng;
+pub mod verdict;
 
 pub use client::{
     Admin, ApiKey, PublishFailure, Publisher, RotatingPublisher, error_metadata, http_get,
     is_retryable, reason_of,
 };
 pub use cluster::{Cluster, ClusterOptions, members, voters};
-pub use process::NodeProc;
+pub use network::Network;
+pub use process::{NodeLaunch, NodeProc};
+pub use verdict::{Verdict, announce};

@@ -21,7 +21,29 @@ use nix::unistd::Pid;
 struct Launch {
     binary: PathBuf,
     args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     log_path: PathBuf,
+}
+
+/// How to start a node process: its command line and environment, and what
+/// the command line configures (so the harness can reach the node).
+#[derive(Debug, Clone)]
+pub struct NodeLaunch {
+    /// The executable: `herald-node`, or a wrapper that ends up running it
+    /// in place (`ip netns exec <ns> herald-node ...`).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Extra environment variables (e.g. `LD_PRELOAD` of libfaketime).
+    pub env: Vec<(OsString, OsString)>,
+    /// The gRPC address the arguments configure.
+    pub grpc_addr: SocketAddr,
+    /// The metrics/health address the arguments configure.
+    pub http_addr: SocketAddr,
+    /// The data directory the arguments configure.
+    pub data_dir: PathBuf,
+    /// Where stdout and stderr are appended.
+    pub log_path: PathBuf,
 }
 
 /// A running (or stopped) `herald-node` process with fixed identity.
@@ -50,15 +72,32 @@ impl NodeProc {
         data_dir: PathBuf,
         log_path: PathBuf,
     ) -> io::Result<Self> {
+        Self::launch(
+            id,
+            NodeLaunch {
+                program: binary.to_path_buf(),
+                args,
+                env: Vec::new(),
+                grpc_addr,
+                http_addr,
+                data_dir,
+                log_path,
+            },
+        )
+    }
+
+    /// Start a node as `launch` describes; restarts reuse the same launch.
+    pub fn launch(id: u64, launch: NodeLaunch) -> io::Result<Self> {
         let mut node = Self {
             id,
-            grpc_addr,
-            http_addr,
-            data_dir,
+            grpc_addr: launch.grpc_addr,
+            http_addr: launch.http_addr,
+            data_dir: launch.data_dir,
             launch: Launch {
-                binary: binary.to_path_buf(),
-                args,
-                log_path,
+                binary: launch.program,
+                args: launch.args,
+                env: launch.env,
+                log_path: launch.log_path,
             },
             child: None,
             paused: false,
@@ -102,6 +141,7 @@ impl NodeProc {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(self.launch.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(cmd.spawn()?);
         self.paused = false;
         Ok(())
@@ -231,6 +271,23 @@ impl NodeProc {
         self.start()
     }
 
+    /// Delete everything in the data directory, like a replaced disk. The
+    /// process must be stopped; the directory itself stays (empty).
+    pub fn wipe_data_dir(&mut self) -> io::Result<()> {
+        if self.is_running() {
+            return Err(io::Error::other(format!(
+                "node {} is still running",
+                self.id
+            )));
+        }
+        match std::fs::remove_dir_all(&self.data_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::create_dir_all(&self.data_dir)
+    }
+
     /// SIGSTOP: the process freezes (no heartbeats, no replies, sockets stay
     /// open), like a long GC pause or a VM stall.
     pub fn pause(&mut self) -> io::Result<()> {
@@ -332,6 +389,42 @@ mod tests {
 
         let log = std::fs::read_to_string(dir.path().join("node-7.log")).unwrap();
         assert_eq!(log.matches("===== harness: start #").count(), 3);
+    }
+
+    #[test]
+    fn launch_passes_env_and_wipe_empties_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::write(data.join("sub/file"), "x").unwrap();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let out = dir.path().join("env-out");
+        let mut node = NodeProc::launch(
+            8,
+            NodeLaunch {
+                program: PathBuf::from("sh"),
+                args: vec![
+                    "-c".into(),
+                    format!("echo \"$FAULT_ENV\" > {}; exec sleep 600", out.display()).into(),
+                ],
+                env: vec![("FAULT_ENV".into(), "from-launch".into())],
+                grpc_addr: addr,
+                http_addr: addr,
+                data_dir: data.clone(),
+                log_path: dir.path().join("node-8.log"),
+            },
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&out).unwrap_or_default().trim() != "from-launch" {
+            assert!(Instant::now() < deadline, "env did not reach the process");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(node.wipe_data_dir().is_err(), "refused while running");
+        node.kill().unwrap();
+        node.wipe_data_dir().unwrap();
+        assert!(data.is_dir());
+        assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
     }
 
     #[test]

@@ -150,6 +150,21 @@ impl Client {
     pub fn forget(&mut self, channel: &ChannelName) {
         if self.subscriptions.remove(channel).is_some() {
             self.edge.hub.unsubscribe(channel, self.id());
+            self.edge.presence.leave(channel, &self.client_id);
+        }
+    }
+
+    /// Enter the channel's presence (after subscribing to it).
+    pub fn join_presence(&self, channel: &ChannelName) {
+        let user = self.identity.as_ref().map_or("", |i| i.user.as_str());
+        self.edge.presence.join(channel, &self.client_id, user);
+    }
+
+    /// The hub already removed this subscription (it failed, or the
+    /// channel was lost upstream): forget it here too.
+    pub fn dropped(&mut self, channel: &ChannelName) {
+        if self.subscriptions.remove(channel).is_some() {
+            self.edge.presence.leave(channel, &self.client_id);
         }
     }
 }
@@ -159,6 +174,7 @@ impl Drop for Client {
         let id = self.id();
         for channel in self.subscriptions.keys() {
             self.edge.hub.unsubscribe(channel, id);
+            self.edge.presence.leave(channel, &self.client_id);
         }
         metrics::gauge!("herald_edge_connections", "transport" => self.transport.label())
             .decrement(1.0);

@@ -41,8 +41,8 @@ const RECOVERY_BUFFER: usize = 4096;
 const RETRIES: u32 = 5;
 const RETRY_DELAY: Duration = Duration::from_millis(100);
 
-/// What the hub asks of the EdgeLink.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the hub (and the presence table) asks of the EdgeLink.
+#[derive(Debug, Clone, PartialEq)]
 pub enum LinkCommand {
     /// Subscribe upstream (from the current position when known).
     Subscribe {
@@ -53,6 +53,8 @@ pub enum LinkCommand {
     },
     /// Unsubscribe upstream.
     Unsubscribe(ChannelName),
+    /// Presence changes of local clients ([`crate::presence`]).
+    Presence(herald_proto::v1::PresenceUpdate),
 }
 
 /// One history read's answer.

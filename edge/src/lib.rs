@@ -23,6 +23,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod outbox;
+pub mod presence;
 pub mod protocol;
 pub mod shutdown;
 pub mod sse;
@@ -50,6 +51,8 @@ pub struct Edge {
     pub hub: Arc<Hub>,
     /// The link to the cluster.
     pub upstream: Arc<Upstream>,
+    /// Local clients' presence, reported upstream.
+    pub presence: Arc<presence::Presence>,
     /// Every open connection.
     pub clients: Clients,
     /// Set once shutdown began: new connections are refused.
@@ -84,6 +87,7 @@ pub async fn run(
     let metrics = http::install_metrics();
     let (link_tx, link_rx) = tokio::sync::mpsc::unbounded_channel();
     let upstream = Upstream::new(settings.nodes.clone(), settings.api_key.as_deref());
+    let presence = presence::Presence::new(link_tx.clone(), upstream.clone());
     let hub = Hub::new(
         link_tx,
         Arc::new(upstream.clone()),
@@ -96,9 +100,10 @@ pub async fn run(
         settings,
         hub: hub.clone(),
         upstream: upstream.clone(),
+        presence: presence.clone(),
         shutdown: stop.clone(),
     });
-    let link = tokio::spawn(upstream.clone().run(hub, link_rx, stop.clone()));
+    let link = tokio::spawn(upstream.clone().run(hub, presence, link_rx, stop.clone()));
     let client_app = app(edge.clone());
     let http_app = http::router(edge.clone(), metrics);
     let mut s1 = stop.clone();

@@ -184,6 +184,7 @@ pub async fn stream(
             i as u32 + 1,
             recover,
         );
+        client.join_presence(ch);
     }
     let state = Stream {
         client,
@@ -206,6 +207,19 @@ pub async fn stream(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // A browser hands a page on another origin (the app at app.example.com,
+    // the edge at rt.example.com) the stream only if the response names
+    // that origin. `admit` has already checked it against the allow-list;
+    // credentials let `new EventSource(url, {withCredentials: true})` send
+    // the token cookie.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("origin"));
+    }
     resp
 }
 
@@ -301,7 +315,7 @@ impl Stream {
                     self.event(&mut out, Some("subscribed"), data.as_bytes());
                 }
                 Item::SubscribeFailed { channel, error, .. } => {
-                    self.client.subscriptions.remove(&channel);
+                    self.client.dropped(&channel);
                     let data = json!({"channel": channel.as_str(), "code": error.code, "message": error.message}).to_string();
                     self.event(&mut out, Some("error"), data.as_bytes());
                 }
@@ -313,7 +327,7 @@ impl Stream {
                     // End the stream: the browser reconnects with its
                     // Last-Event-ID and the channel recovers or reports
                     // `recovered: false`.
-                    self.client.subscriptions.remove(&channel);
+                    self.client.dropped(&channel);
                     let data = json!({"channel": channel.as_str(), "code": code, "reason": reason})
                         .to_string();
                     self.event(&mut out, Some("unsubscribed"), data.as_bytes());

@@ -33,6 +33,7 @@ use tonic::{Code, Status};
 
 use crate::channel::{ChannelName, Epoch, Offset, Position};
 use crate::hub::{HistoryPage, HistoryReader, Hub, LinkCommand};
+use crate::presence::Presence;
 use crate::protocol::codes::ClientError;
 use crate::shutdown::Shutdown;
 
@@ -68,8 +69,8 @@ pub struct Upstream {
     key: ApiKey,
     current: RwLock<Option<(String, Channel)>>,
     linked: AtomicBool,
-    /// Namespace → (`allow_client_publish`, when learnt).
-    publish_policy: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Namespace → (`allow_client_publish`, `presence`, when learnt).
+    publish_policy: Mutex<HashMap<String, (bool, bool, Instant)>>,
 }
 
 /// How long a namespace's `allow_client_publish` is trusted before it is
@@ -123,19 +124,35 @@ impl Upstream {
     /// Whether the channel's namespace allows client publishes (asked with
     /// `ChannelInfo`, cached per namespace for [`POLICY_TTL`]).
     pub async fn allows_client_publish(&self, channel: &ChannelName) -> Result<bool, ClientError> {
-        let namespace = channel
-            .as_str()
-            .split_once(':')
-            .map_or("", |(ns, _)| ns)
-            .to_string();
-        if let Some((allowed, at)) = self
+        Ok(self.policy(channel).await?.0)
+    }
+
+    /// Whether the channel's namespace has presence on (cached like
+    /// [`Self::allows_client_publish`]).
+    pub async fn presence_enabled(&self, channel: &ChannelName) -> Result<bool, ClientError> {
+        Ok(self.policy(channel).await?.1)
+    }
+
+    /// The cached presence flag of the channel's namespace, if known.
+    pub fn cached_presence(&self, channel: &ChannelName) -> Option<bool> {
+        self.publish_policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(namespace_of(channel))
+            .filter(|(_, _, at)| at.elapsed() < POLICY_TTL)
+            .map(|(_, presence, _)| *presence)
+    }
+
+    async fn policy(&self, channel: &ChannelName) -> Result<(bool, bool), ClientError> {
+        let namespace = namespace_of(channel).to_string();
+        if let Some((allowed, presence, at)) = self
             .publish_policy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&namespace)
             && at.elapsed() < POLICY_TTL
         {
-            return Ok(*allowed);
+            return Ok((*allowed, *presence));
         }
         let mut client = self.publisher()?;
         let req = ChannelInfoRequest {
@@ -149,14 +166,18 @@ impl Upstream {
         self.publish_policy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(namespace, (info.allow_client_publish, Instant::now()));
-        Ok(info.allow_client_publish)
+            .insert(
+                namespace,
+                (info.allow_client_publish, info.presence, Instant::now()),
+            );
+        Ok((info.allow_client_publish, info.presence))
     }
 
     /// Keep a link up until `shutdown`, feeding `hub`.
     pub async fn run(
         self: Arc<Self>,
         hub: Arc<Hub>,
+        presence: Arc<Presence>,
         mut commands: mpsc::UnboundedReceiver<LinkCommand>,
         mut shutdown: Shutdown,
     ) {
@@ -165,7 +186,7 @@ impl Upstream {
         while !shutdown.is_shutdown() {
             let node = self.nodes[index % self.nodes.len()].clone();
             let outcome = tokio::select! {
-                r = self.session(&node, &hub, &mut commands) => r,
+                r = self.session(&node, &hub, &presence, &mut commands) => r,
                 _ = shutdown.recv() => break,
             };
             let was_linked = self.linked.swap(false, Ordering::AcqRel);
@@ -202,6 +223,7 @@ impl Upstream {
         &self,
         node: &str,
         hub: &Arc<Hub>,
+        presence: &Presence,
         commands: &mut mpsc::UnboundedReceiver<LinkCommand>,
     ) -> Result<(), String> {
         let channel = Endpoint::from_shared(node.to_string())
@@ -224,6 +246,7 @@ impl Upstream {
         // Commands queued before this stream are covered by the snapshot.
         while commands.try_recv().is_ok() {}
         let channels = hub.snapshot();
+        let present = presence.snapshot();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) =
             Some((node.to_string(), channel));
         self.linked.store(true, Ordering::Release);
@@ -234,6 +257,13 @@ impl Upstream {
                 tx.send(subscribe(&c, since.as_ref()))
                     .await
                     .map_err(|_| "link closed".to_string())?;
+            }
+            for u in present {
+                tx.send(EdgeMessage {
+                    msg: Some(EdgeMsg::Presence(u)),
+                })
+                .await
+                .map_err(|_| "link closed".to_string())?;
             }
             Ok::<(), String>(())
         };
@@ -251,6 +281,7 @@ impl Upstream {
                         LinkCommand::Unsubscribe(c) => EdgeMessage {
                             msg: Some(EdgeMsg::Unsubscribe(LinkUnsubscribe { channel: c.to_string() })),
                         },
+                        LinkCommand::Presence(u) => EdgeMessage { msg: Some(EdgeMsg::Presence(u)) },
                     };
                     tx.send(msg).await.map_err(|_| "link closed".to_string())?;
                 }
@@ -262,6 +293,10 @@ impl Upstream {
             }
         }
     }
+}
+
+fn namespace_of(channel: &ChannelName) -> &str {
+    channel.as_str().split_once(':').map_or("", |(ns, _)| ns)
 }
 
 fn subscribe(channel: &ChannelName, since: Option<&Position>) -> EdgeMessage {
@@ -301,6 +336,7 @@ pub fn error_for_reason(reason: &str, message: &str) -> ClientError {
         | "SCHEMA_VIOLATION" => {
             ClientError::BAD_REQUEST.with_message(format!("{reason}: {message}"))
         }
+        "PRESENCE_DISABLED" => ClientError::NOT_AVAILABLE,
         "NO_LEADER" | "LEADER_STEPPING_DOWN" | "LEADER_UNREACHABLE" | "RAFT_STOPPED" => {
             ClientError::INTERNAL
                 .with_message(reason.to_string())

@@ -238,7 +238,7 @@ async fn write(
                 channel,
                 error,
             } => {
-                client.subscriptions.remove(&channel);
+                client.dropped(&channel);
                 Utf8Bytes::try_from(frame::error(reply_id, &error)).map_err(|_| ())?
             }
             Item::Unsubscribed {
@@ -246,7 +246,7 @@ async fn write(
                 code,
                 reason,
             } => {
-                client.subscriptions.remove(&channel);
+                client.dropped(&channel);
                 Utf8Bytes::try_from(frame::unsubscribe_push(&channel, code, reason))
                     .map_err(|_| ())?
             }

@@ -210,12 +210,17 @@ impl IdempotencyWindow {
 pub struct ChannelTable {
     channels: BTreeMap<String, Channel>,
     idempotency: IdempotencyWindow,
+    /// The log's clock: the newest publication time applied. Proposals
+    /// carry the leader's clock, which may run behind a previous leader's;
+    /// history time never goes backwards.
+    clock_ms: i64,
 }
 
 impl ChannelTable {
     /// Apply one committed proposal; one [`Accepted`] per item, in order.
     pub fn apply(&mut self, p: &Proposal) -> Vec<Accepted> {
-        let now = p.published_at_ms;
+        let now = p.published_at_ms.max(self.clock_ms);
+        self.clock_ms = now;
         self.idempotency.expire(now);
         let mut out = Vec::with_capacity(p.items.len());
         for item in &p.items {
@@ -271,6 +276,11 @@ impl ChannelTable {
             out.push(accepted);
         }
         out
+    }
+
+    /// The newest publication time applied (Unix ms).
+    pub fn clock_ms(&self) -> i64 {
+        self.clock_ms
     }
 
     /// A channel by name.
@@ -415,6 +425,16 @@ mod tests {
         let b = t.apply(&proposal(2, vec![item("a", "", 10)]));
         assert_eq!(b[0].offset, Offset(3));
         assert_eq!(b[0].epoch, a[0].epoch);
+    }
+
+    #[test]
+    fn history_time_never_goes_backwards() {
+        let mut t = ChannelTable::default();
+        t.apply(&proposal(5_000, vec![item("a", "", 10)]));
+        // A new leader whose clock is behind.
+        let late = t.apply(&proposal(1_000, vec![item("a", "", 10)]));
+        assert_eq!(late[0].published_at_ms, 5_000);
+        assert_eq!(t.clock_ms(), 5_000);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod http;
 pub mod membership;
 pub mod namespace;
 pub mod peer;
+pub mod presence;
 pub mod proposer;
 pub mod raft;
 pub mod rejection;

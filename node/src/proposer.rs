@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::ClientWriteError;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::channels::{Accepted, NewPublication, Proposal};
 use crate::raft::{Command, CommandResult, NodeInfo, Raft};
@@ -44,9 +46,13 @@ pub struct Proposer {
 
 impl Proposer {
     /// Start the task; it ends when every handle is dropped.
-    pub fn spawn(raft: Raft, idempotency_window_ms: u64) -> Self {
+    pub fn spawn(
+        raft: Raft,
+        idempotency_window_ms: u64,
+        log_clock: watch::Receiver<(i64, Instant)>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, rx, idempotency_window_ms));
+        tokio::spawn(run(raft, rx, idempotency_window_ms, log_clock));
         Self { tx }
     }
 
@@ -68,9 +74,37 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, idempotency_window_ms: u64) {
+/// How far a new leader may stamp ahead of the log's clock plus the time
+/// really passed since it saw it move (clocks of healthy nodes differ a
+/// little).
+const CLOCK_SLACK_MS: i64 = 1000;
+
+/// The time to stamp a proposal with: this node's wall clock, but never
+/// before the log's clock or the last stamp, and never further ahead than
+/// the time that really passed (monotonic clock) since the last stamp this
+/// node made, or, after leadership changed, since it saw the log's clock
+/// move. A leader whose wall clock jumps forward would otherwise expire
+/// idempotency keys and history early for everyone.
+fn stamp(anchor: Option<(i64, Instant)>, log_clock: (i64, Instant)) -> i64 {
+    let (log_ms, seen_at) = log_clock;
+    let elapsed = |at: Instant| at.elapsed().as_millis() as i64;
+    let limit = match anchor {
+        Some((ms, at)) if ms >= log_ms => ms + elapsed(at),
+        _ if log_ms > 0 => log_ms + elapsed(seen_at) + CLOCK_SLACK_MS,
+        _ => i64::MAX,
+    };
+    let last = anchor.map_or(0, |(ms, _)| ms);
+    now_ms().min(limit).max(last).max(log_ms)
+}
+
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Pending>,
+    idempotency_window_ms: u64,
+    log_clock: watch::Receiver<(i64, Instant)>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut last_ms = 0i64;
+    let mut anchor: Option<(i64, Instant)> = None;
     while let Some(first) = rx.recv().await {
         // Wait for a slot first: while waiting, more publishes queue up and
         // join this entry.
@@ -88,8 +122,8 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, idempotency_window_ms:
                 Err(_) => break,
             }
         }
-        // The log's clock never runs backwards, even if this node's does.
-        last_ms = last_ms.max(now_ms());
+        let stamped = stamp(anchor, *log_clock.borrow());
+        anchor = Some((stamped, Instant::now()));
         let mut items = Vec::with_capacity(n);
         let mut waiters = Vec::with_capacity(batch.len());
         for p in batch {
@@ -98,7 +132,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, idempotency_window_ms:
         }
         metrics::histogram!("herald_publish_batch_items").record(items.len() as f64);
         let proposal = Proposal {
-            published_at_ms: last_ms,
+            published_at_ms: stamped,
             nonce: rand::random(),
             idempotency_window_ms,
             items,
@@ -141,5 +175,31 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, idempotency_window_ms:
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_follow_the_wall_clock_but_not_its_jumps() {
+        let now = now_ms();
+        // A log clock seen just now at the true time: the wall clock rules.
+        let t = stamp(None, (now, Instant::now()));
+        assert!((t - now).abs() < 500, "{t} vs {now}");
+        // A log clock an hour ahead of this node (a previous leader's clock
+        // ran fast): never go back.
+        assert!(stamp(None, (now + 3_600_000, Instant::now())) >= now + 3_600_000);
+        // This node's clock jumped an hour ahead of the log's: capped, once
+        // by the slack, then by real time only, however many stamps follow.
+        let behind = now - 3_600_000;
+        let mut anchor = None;
+        for _ in 0..100 {
+            let t = stamp(anchor, (behind, Instant::now()));
+            anchor = Some((t, Instant::now()));
+        }
+        let t = anchor.unwrap().0;
+        assert!(t <= behind + CLOCK_SLACK_MS + 500, "{t} vs {behind}");
     }
 }

@@ -52,6 +52,9 @@ pub struct Replica {
     published: broadcast::Sender<Arc<Vec<Publication>>>,
     delivery: broadcast::Sender<Arc<Vec<Publication>>>,
     plane: std::sync::OnceLock<Arc<crate::peer::PeerPlane>>,
+    /// Presence reported by this node's edges (in memory, not Raft).
+    pub presence: crate::presence::Presence,
+    presence_forwarder: crate::presence::Forwarder,
 }
 
 /// Batches of publications an edge link may fall behind by before it
@@ -91,7 +94,7 @@ impl Replica {
             }
         });
         let window_ms = namespaces.limits.idempotency_window_secs * 1000;
-        let proposer = Proposer::spawn(raft.clone(), window_ms);
+        let proposer = Proposer::spawn(raft.clone(), window_ms, sm.log_clock());
         Self {
             id,
             raft,
@@ -108,6 +111,8 @@ impl Replica {
             published,
             delivery,
             plane: std::sync::OnceLock::new(),
+            presence: crate::presence::Presence::default(),
+            presence_forwarder: crate::presence::Forwarder::default(),
         }
     }
 
@@ -314,6 +319,71 @@ impl Replica {
             .collect();
         let _ = self.delivery.send(Arc::new(pubs));
         Some(Ok(accepted))
+    }
+
+    /// Hand presence join/leave events (offset 0) to this node's edge links
+    /// and to the other nodes: over QUIC, when there is a plane, to every
+    /// node with interest in their channel; else over gRPC to every Raft
+    /// member. At most once, like ephemeral publications.
+    pub fn deliver_presence(&self, events: Vec<Publication>) {
+        if events.is_empty() {
+            return;
+        }
+        if self.plane.get().is_none() {
+            let m = self.metrics();
+            for (id, node) in m.membership_config.membership().nodes() {
+                if *id != self.id {
+                    self.presence_forwarder
+                        .send(&self.outbound, &node.grpc_addr, events.clone());
+                }
+            }
+        }
+        if let Some(plane) = self.plane.get() {
+            self.with_delivery(|d| {
+                for p in &events {
+                    let frame = crate::peer::frame(p);
+                    for node in d.members(&p.channel).filter(|n| *n != self.id) {
+                        if let Some(addr) = d.quic_addr(node) {
+                            plane.send(node, addr, &p.channel, frame.clone());
+                        }
+                    }
+                }
+            });
+        }
+        metrics::counter!("herald_presence_events_total").increment(events.len() as u64);
+        let _ = self.delivery.send(Arc::new(events));
+    }
+
+    /// Join/leave events another node forwarded: to this node's edge links.
+    pub fn presence_events(&self, events: Vec<Publication>) {
+        let events: Vec<Publication> = events
+            .into_iter()
+            .filter(crate::presence::is_event)
+            .collect();
+        if !events.is_empty() {
+            let _ = self.delivery.send(Arc::new(events));
+        }
+    }
+
+    /// Apply an edge's presence update (ignored unless the channel's
+    /// namespace has presence on) and deliver the resulting join/leave
+    /// events.
+    pub fn presence_update(&self, link: u64, u: herald_proto::v1::PresenceUpdate) {
+        if !self
+            .namespaces
+            .resolve(&u.channel)
+            .is_ok_and(|ns| ns.config.presence)
+        {
+            return;
+        }
+        let changes = self.presence.apply(link, u);
+        self.deliver_presence(crate::presence::events(&changes, now_ms()));
+    }
+
+    /// An edge link ended: its clients leave.
+    pub fn presence_link_ended(&self, link: u64) {
+        let changes = self.presence.drop_link(link);
+        self.deliver_presence(crate::presence::events(&changes, now_ms()));
     }
 
     /// Commit publications as one unit, or say where the leader is.

@@ -38,6 +38,7 @@ async fn acknowledged_publications_survive_leader_sigkill() {
         total: 10_000,
         pace: Duration::ZERO,
         attempt_timeout: Duration::from_secs(10),
+        patience: crate::load::PATIENCE,
     };
     let total = spec.total;
     let load = Load::start(&cluster, &cluster.ids(), spec);

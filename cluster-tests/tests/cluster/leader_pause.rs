@@ -35,6 +35,7 @@ async fn frozen_leader_is_replaced_and_steps_down_on_waking() {
         // Calls to the frozen node hang; give up on them quickly and retry
         // elsewhere with the same key.
         attempt_timeout: Duration::from_secs(2),
+        patience: crate::load::PATIENCE,
     };
     let total = spec.total;
     let load = Load::start(&cluster, &cluster.ids(), spec);

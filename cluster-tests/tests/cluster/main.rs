@@ -13,13 +13,14 @@
 //! | `health` | Operations: liveness independent of quorum, readiness dependent on it |
 //!
 //! `ledger` (what was sent and acknowledged, and the history check) and
-//! `load` (careful concurrent publishers) are shared by the load scenarios.
+//! `load` (careful concurrent publishers) come from the harness library, shared
+//! with the fault suite (`tests/faults`).
 
 mod full_restart;
 mod health;
 mod leader_crash;
 mod leader_pause;
-mod ledger;
-mod load;
 mod membership;
 mod validation;
+
+use herald_cluster_tests::{ledger, load};

@@ -71,6 +71,7 @@ async fn add_voter_and_remove_node_under_load() {
         total: 40_000,
         pace: Duration::from_millis(2),
         attempt_timeout: Duration::from_secs(10),
+        patience: crate::load::PATIENCE,
     };
     let load = Load::start(&cluster, &original, spec);
     load.wait_acked_more(200, "before the join").await;

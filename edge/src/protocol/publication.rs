@@ -63,8 +63,18 @@ fn is_json_type(ct: &str) -> bool {
     base.is_empty() || base == "application/json" || base.ends_with("+json")
 }
 
+/// Header of a presence event from the node (`join` or `leave`); its data
+/// is the client's info as JSON.
+pub const PRESENCE_HEADER: &str = "herald-presence";
+
 /// Encode `p` (whose channel name is already validated as `channel`).
+/// A presence event becomes a `join` / `leave` push instead of `pub`.
 pub fn encode(channel: ChannelName, p: &Publication) -> Encoded {
+    if let Some(kind) = p.headers.get(PRESENCE_HEADER)
+        && (kind == "join" || kind == "leave")
+    {
+        return encode_presence(channel, kind, p);
+    }
     let mut out = Vec::with_capacity(p.data.len() + channel.as_str().len() + 128);
     out.extend_from_slice(PUSH_PREFIX);
     out.extend_from_slice(b"{\"channel\":");
@@ -154,6 +164,36 @@ pub fn encode(channel: ChannelName, p: &Publication) -> Encoded {
     }
 }
 
+/// `{"push":{"channel":C,"join":{"info":I}}}` (or `leave`).
+fn encode_presence(channel: ChannelName, kind: &str, p: &Publication) -> Encoded {
+    let mut out = Vec::with_capacity(p.data.len() + channel.as_str().len() + 48);
+    out.extend_from_slice(PUSH_PREFIX);
+    out.extend_from_slice(b"{\"channel\":");
+    write_str(&mut out, channel.as_str());
+    out.push(b',');
+    write_str(&mut out, kind);
+    out.push(b':');
+    let pub_start = out.len();
+    out.extend_from_slice(b"{\"info\":");
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&p.data).is_ok() {
+        out.extend_from_slice(&p.data);
+    } else {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"}}}");
+    let ws_push = Bytes::from(out);
+    let ws_text = Utf8Bytes::try_from(ws_push.clone()).unwrap_or_else(|_| Utf8Bytes::from("{}"));
+    Encoded {
+        channel,
+        offset: Offset(0),
+        epoch: Epoch::default(),
+        published_at_ms: p.published_at_ms,
+        ws_push,
+        ws_text,
+        pub_start,
+    }
+}
+
 /// Append `s` as a JSON string.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     // serde_json's string escaping, straight into the buffer.
@@ -195,6 +235,25 @@ mod tests {
         assert_eq!(p, v["push"]["pub"]);
         let b: serde_json::Value = serde_json::from_slice(&e.push_body()).unwrap();
         assert_eq!(b, v["push"]);
+    }
+
+    #[test]
+    fn presence_events_become_join_and_leave_pushes() {
+        let p = Publication {
+            channel: "chat:a".into(),
+            data: br#"{"client":"c1","user":"u1"}"#.to_vec().into(),
+            headers: [(PRESENCE_HEADER.to_string(), "leave".to_string())].into(),
+            ..Default::default()
+        };
+        let e = encode(ChannelName::new("chat:a").unwrap(), &p);
+        let v: serde_json::Value = serde_json::from_slice(&e.ws_push).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"push": {"channel": "chat:a", "leave": {"info": {"client": "c1", "user": "u1"}}}})
+        );
+        let b: serde_json::Value = serde_json::from_slice(&e.push_body()).unwrap();
+        assert_eq!(b, v["push"]);
+        assert_eq!(e.offset.0, 0);
     }
 
     #[test]

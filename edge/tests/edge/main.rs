@@ -1,12 +1,15 @@
 //! End-to-end tests of `herald-edge`: real nodes, real edges, and the real
-//! `centrifuge` SDK / a plain EventSource / raw WebSockets driven by Node.js.
+//! `centrifuge` SDK / a plain EventSource / raw WebSockets driven by Node.js,
+//! and a headless Chromium page.
 //! One module per scenario; each names the DESIGN.md guarantee it proves.
 
 mod harness;
 
 mod auth;
 mod bad_input;
+mod browser;
 mod fanout;
+mod presence;
 mod sdk_failover;
 mod shutdown;
 mod sse;

@@ -288,6 +288,7 @@ impl EdgeLink for EdgeLinkService {
         let delivery = self.replica.subscribe_delivery();
         let session = Session::new(self.replica.clone());
         tokio::spawn(run_session(
+            self.replica.clone(),
             session,
             self.interest.clone(),
             inbound,
@@ -299,6 +300,7 @@ impl EdgeLink for EdgeLinkService {
 }
 
 async fn run_session(
+    replica: Arc<Replica>,
     mut session: Session<Arc<Replica>>,
     interest: Option<Interest>,
     mut inbound: Streaming<EdgeMessage>,
@@ -306,6 +308,7 @@ async fn run_session(
     tx: mpsc::Sender<Result<NodeMessage, Status>>,
 ) {
     metrics::gauge!("herald_edge_links").increment(1.0);
+    let link = replica.presence.new_link();
     let mut out = Vec::new();
     'session: loop {
         tokio::select! {
@@ -324,6 +327,9 @@ async fn run_session(
                     {
                         i.remove(&u.channel);
                     }
+                }
+                Ok(Some(EdgeMessage { msg: Some(EdgeMsg::Presence(u)) })) => {
+                    replica.presence_update(link, u);
                 }
                 Ok(Some(EdgeMessage { msg: None })) => {}
                 Ok(None) | Err(_) => break 'session,
@@ -345,6 +351,7 @@ async fn run_session(
             i.remove(c);
         }
     }
+    replica.presence_link_ended(link);
     metrics::gauge!("herald_edge_links").decrement(1.0);
 }
 

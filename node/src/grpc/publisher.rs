@@ -9,7 +9,9 @@ use herald_proto::v1::publisher_server::Publisher;
 use herald_proto::v1::{
     ChannelInfoRequest, ChannelInfoResponse, ChannelSummary, ChannelsRequest, ChannelsResponse,
     ClusterMember, ClusterStatusRequest, ClusterStatusResponse, HistoryRequest, HistoryResponse,
-    PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
+    PresenceEventsRequest, PresenceEventsResponse, PresenceRequest, PresenceResponse,
+    PresenceStatsResponse, PublishBatchRequest, PublishBatchResponse, PublishRequest,
+    PublishResponse,
 };
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
@@ -133,6 +135,64 @@ impl PublisherService {
                 }
             }
         }
+    }
+}
+
+/// How long a presence query waits for each other node.
+const PRESENCE_PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1000);
+
+impl PublisherService {
+    /// This node's presence of `channel` merged with every other Raft
+    /// member's (voters and learners, i.e. fan-out nodes too); a node that
+    /// does not answer within [`PRESENCE_PEER_TIMEOUT`] contributes nothing.
+    async fn cluster_presence(
+        &self,
+        channel: String,
+    ) -> Result<Vec<herald_proto::v1::ClientInfo>, Status> {
+        let ns = self.replica.namespaces.resolve(&channel)?;
+        if !ns.config.presence {
+            let details = tonic_types::ErrorDetails::with_error_info(
+                "PRESENCE_DISABLED",
+                herald_proto::ERROR_DOMAIN,
+                std::collections::HashMap::from([("namespace".to_string(), ns.name.clone())]),
+            );
+            return Err(<Status as tonic_types::StatusExt>::with_error_details(
+                tonic::Code::FailedPrecondition,
+                format!("namespace {:?} does not have presence enabled", ns.name),
+                details,
+            ));
+        }
+        let local = self.replica.presence.local(&channel);
+        let peers: Vec<String> = self
+            .replica
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.replica.id)
+            .map(|(_, n)| n.grpc_addr.clone())
+            .collect();
+        let calls = peers.into_iter().map(|addr| {
+            let client = self.replica.outbound.publisher(&addr);
+            let req = PresenceRequest {
+                channel: channel.clone(),
+            };
+            async move {
+                let mut client = client.ok()?;
+                match tokio::time::timeout(PRESENCE_PEER_TIMEOUT, client.presence_local(req)).await
+                {
+                    Ok(Ok(r)) => Some(r.into_inner().clients),
+                    _ => {
+                        metrics::counter!("herald_presence_peer_failures_total").increment(1);
+                        None
+                    }
+                }
+            }
+        });
+        let remote = futures::future::join_all(calls).await;
+        Ok(crate::presence::merge(
+            std::iter::once(local).chain(remote.into_iter().flatten()),
+        ))
     }
 }
 
@@ -293,6 +353,40 @@ impl Publisher for PublisherService {
                 ..Default::default()
             });
         Ok(Response::new(info(ns, channel)))
+    }
+
+    async fn presence(
+        &self,
+        req: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceResponse>, Status> {
+        let clients = self.cluster_presence(req.into_inner().channel).await?;
+        Ok(Response::new(PresenceResponse { clients }))
+    }
+
+    async fn presence_stats(
+        &self,
+        req: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceStatsResponse>, Status> {
+        let clients = self.cluster_presence(req.into_inner().channel).await?;
+        Ok(Response::new(crate::presence::stats(&clients)))
+    }
+
+    async fn presence_local(
+        &self,
+        req: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceResponse>, Status> {
+        let channel = req.into_inner().channel;
+        Ok(Response::new(PresenceResponse {
+            clients: self.replica.presence.local(&channel),
+        }))
+    }
+
+    async fn presence_events(
+        &self,
+        req: Request<PresenceEventsRequest>,
+    ) -> Result<Response<PresenceEventsResponse>, Status> {
+        self.replica.presence_events(req.into_inner().events);
+        Ok(Response::new(PresenceEventsResponse {}))
     }
 
     async fn cluster_status(

@@ -49,6 +49,7 @@ pub struct StateMachine {
     db: Arc<Database>,
     state: Arc<RwLock<Applied>>,
     applied_tx: Arc<watch::Sender<u64>>,
+    log_clock: Arc<watch::Sender<(i64, std::time::Instant)>>,
     published: broadcast::Sender<Arc<Vec<Publication>>>,
 }
 
@@ -70,9 +71,11 @@ impl StateMachine {
         }
         let index = applied.last_applied.map_or(0, |l| l.index);
         let (applied_tx, _) = watch::channel(index);
+        let clock = (applied.channels.clock_ms(), std::time::Instant::now());
         Ok(Self {
             db,
             state: Arc::new(RwLock::new(applied)),
+            log_clock: Arc::new(watch::channel(clock).0),
             applied_tx: Arc::new(applied_tx),
             published: broadcast::channel(PUBLISHED_BACKLOG).0,
         })
@@ -92,6 +95,25 @@ impl StateMachine {
     /// `apply` call; each is encoded once and shared by every listener.
     pub fn published(&self) -> broadcast::Sender<Arc<Vec<Publication>>> {
         self.published.clone()
+    }
+
+    /// The log's clock and when this node last saw it advance: a leader
+    /// bounds the time it proposes by it (see `proposer`).
+    pub fn log_clock(&self) -> watch::Receiver<(i64, std::time::Instant)> {
+        self.log_clock.subscribe()
+    }
+
+    fn note_clock(&self) {
+        let clock = self
+            .state
+            .read()
+            .expect("state lock poisoned")
+            .channels
+            .clock_ms();
+        if clock != self.log_clock.borrow().0 {
+            self.log_clock
+                .send_replace((clock, std::time::Instant::now()));
+        }
     }
 
     fn save_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
@@ -213,6 +235,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             s.last_applied.map_or(0, |l| l.index)
         };
         self.applied_tx.send_replace(last);
+        self.note_clock();
         if !fresh.is_empty() {
             let _ = self.published.send(Arc::new(fresh));
         }
@@ -243,6 +266,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let index = applied.last_applied.map_or(0, |l| l.index);
         *self.state.write().expect("state lock poisoned") = applied;
         self.applied_tx.send_replace(index);
+        self.note_clock();
         metrics::counter!("herald_raft_snapshots_total", "kind" => "installed").increment(1);
         Ok(())
     }

@@ -1,6 +1,7 @@
-//! `presence` and `presence_stats`: the cluster keeps no presence yet, so
-//! both answer error 108 (not available) to a client allowed to ask (`prs`
-//! capability) and 103 to one that is not.
+//! `presence` and `presence_stats`: the clients subscribed to a channel on
+//! every edge of the cluster, through the node's `Presence` /
+//! `PresenceStats`. Needs the `prs` capability (else 103) and a namespace
+//! with `presence = true` (else 108, not available).
 
 use serde::Deserialize;
 
@@ -8,6 +9,10 @@ use crate::auth::Action;
 use crate::channel::ChannelName;
 use crate::client::Client;
 use crate::protocol::codes::{ClientError, Disconnect};
+use crate::upstream::error_for_status;
+
+/// Hang guard for the cluster-wide query.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `presence` / `presence_stats` body.
 #[derive(Debug, Deserialize)]
@@ -17,22 +22,74 @@ pub struct Request {
 }
 
 impl Request {
-    pub(super) fn apply(
-        self,
-        id: u32,
-        client: &mut Client,
-        _stats: bool,
-    ) -> Result<(), Disconnect> {
+    pub(super) fn apply(self, id: u32, client: &mut Client, stats: bool) -> Result<(), Disconnect> {
         client.connected()?;
         let Ok(channel) = ChannelName::new(&self.channel) else {
             client.error(id, &ClientError::UNKNOWN_CHANNEL);
             return Ok(());
         };
         if !client.allows(Action::Presence, &channel) {
+            metrics::counter!("herald_edge_auth_failures_total", "reason" => "forbidden")
+                .increment(1);
             client.error(id, &ClientError::PERMISSION_DENIED);
-        } else {
-            client.error(id, &ClientError::NOT_AVAILABLE);
+            return Ok(());
         }
+        let upstream = client.edge.upstream.clone();
+        let outbox = client.outbox.clone();
+        tokio::spawn(async move {
+            let answer = async {
+                if !upstream.presence_enabled(&channel).await? {
+                    return Err(ClientError::NOT_AVAILABLE
+                        .with_message("presence is not enabled for this namespace"));
+                }
+                let mut publisher = upstream.publisher()?;
+                let req = herald_proto::v1::PresenceRequest {
+                    channel: channel.to_string(),
+                };
+                let timeout = |_| ClientError::INTERNAL.temporary();
+                let body = if stats {
+                    let r = tokio::time::timeout(CALL_TIMEOUT, publisher.presence_stats(req))
+                        .await
+                        .map_err(timeout)?
+                        .map_err(|s| error_for_status(&s))?
+                        .into_inner();
+                    serde_json::json!({ "presence_stats": {
+                        "num_clients": r.num_clients,
+                        "num_users": r.num_users,
+                    }})
+                } else {
+                    let r = tokio::time::timeout(CALL_TIMEOUT, publisher.presence(req))
+                        .await
+                        .map_err(timeout)?
+                        .map_err(|s| error_for_status(&s))?
+                        .into_inner();
+                    let presence: serde_json::Map<String, serde_json::Value> = r
+                        .clients
+                        .iter()
+                        .map(|c| (c.client.clone(), info(c)))
+                        .collect();
+                    serde_json::json!({ "presence": { "presence": presence } })
+                };
+                let mut v = body;
+                v["id"] = id.into();
+                Ok(bytes::Bytes::from(v.to_string()))
+            };
+            let bytes = answer
+                .await
+                .unwrap_or_else(|e| crate::protocol::frame::error(id, &e));
+            let _ = outbox.push(crate::outbox::Item::Frame(bytes));
+        });
         Ok(())
     }
+}
+
+/// Centrifugo's `ClientInfo` JSON.
+fn info(c: &herald_proto::v1::ClientInfo) -> serde_json::Value {
+    let mut v = serde_json::json!({ "client": c.client, "user": c.user });
+    for (k, raw) in [("conn_info", &c.conn_info), ("chan_info", &c.chan_info)] {
+        if let Ok(j) = serde_json::from_slice::<serde_json::Value>(raw) {
+            v[k] = j;
+        }
+    }
+    v
 }

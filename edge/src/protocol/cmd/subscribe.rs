@@ -78,6 +78,7 @@ impl Request {
         client.subscriptions.insert(channel.clone(), ());
         let hub = client.edge.hub.clone();
         hub.subscribe(&channel, client.id(), client.outbox.clone(), id, recover);
+        client.join_presence(&channel);
         Ok(())
     }
 }

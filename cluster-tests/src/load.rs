@@ -7,37 +7,54 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herald_cluster_tests::Cluster;
 use tokio::task::JoinHandle;
 
+use crate::Cluster;
 use crate::ledger::{self, Ledger};
 
 /// The shape of a load.
 #[derive(Debug, Clone)]
-pub(crate) struct LoadSpec {
+pub struct LoadSpec {
     /// Channels are `<namespace>:ch-<i>`.
-    pub(crate) namespace: &'static str,
+    pub namespace: &'static str,
     /// Publication `id` goes to channel `id % channels`.
-    pub(crate) channels: u64,
+    pub channels: u64,
     /// Concurrent publishers.
-    pub(crate) publishers: usize,
+    pub publishers: usize,
     /// Publications in all; the load ends after these (or on [`Load::stop`]).
-    pub(crate) total: u64,
+    pub total: u64,
     /// Pause of each publisher between its publishes.
-    pub(crate) pace: Duration,
+    pub pace: Duration,
     /// Per-attempt timeout before retrying on the next node.
-    pub(crate) attempt_timeout: Duration,
+    pub attempt_timeout: Duration,
+    /// How long one publication is retried before it counts as failed: a
+    /// hang guard, longer than any fault the scenario holds.
+    pub patience: Duration,
+}
+
+impl Default for LoadSpec {
+    fn default() -> Self {
+        Self {
+            namespace: "load",
+            channels: 100,
+            publishers: 8,
+            total: 1_000,
+            pace: Duration::ZERO,
+            attempt_timeout: Duration::from_secs(10),
+            patience: PATIENCE,
+        }
+    }
 }
 
 impl LoadSpec {
     /// The channel publication `id` goes to.
-    pub(crate) fn channel_of(&self, id: u64) -> String {
+    pub fn channel_of(&self, id: u64) -> String {
         format!("{}:ch-{}", self.namespace, id % self.channels)
     }
 }
 
 /// A running load.
-pub(crate) struct Load {
+pub struct Load {
     done: Arc<AtomicU64>,
     acked: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -45,13 +62,13 @@ pub(crate) struct Load {
     tasks: Vec<JoinHandle<u64>>,
 }
 
-/// Patience per publication: a hang guard, since a healthy cluster
+/// Default patience per publication: a hang guard, since a healthy cluster
 /// re-elects in well under a second.
-const PATIENCE: Duration = Duration::from_secs(60);
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 impl Load {
     /// Start publishing to `nodes` (publisher `p` starts at `nodes[p % len]`).
-    pub(crate) fn start(cluster: &Cluster, nodes: &[u64], spec: LoadSpec) -> Self {
+    pub fn start(cluster: &Cluster, nodes: &[u64], spec: LoadSpec) -> Self {
         let next = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicU64::new(0));
         let acked = Arc::new(AtomicU64::new(0));
@@ -79,7 +96,7 @@ impl Load {
                         let channel = spec.channel_of(id);
                         ledger.lock().unwrap().sent(id, &channel);
                         match client
-                            .publish(ledger::request(id, &channel), PATIENCE)
+                            .publish(ledger::request(id, &channel), spec.patience)
                             .await
                         {
                             Ok(resp) => {
@@ -106,19 +123,25 @@ impl Load {
         }
     }
 
+    /// The shared ledger, to record publications sent outside the load
+    /// (use ids the load never reaches: it counts up from 0 to `total`).
+    pub fn ledger(&self) -> Arc<Mutex<Ledger>> {
+        self.ledger.clone()
+    }
+
     /// Publishes finished so far (acknowledged or given up).
-    pub(crate) fn done(&self) -> u64 {
+    pub fn done(&self) -> u64 {
         self.done.load(Ordering::SeqCst)
     }
 
     /// Publishes acknowledged so far.
-    pub(crate) fn acked(&self) -> u64 {
+    pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::SeqCst)
     }
 
     /// Wait until `target` publishes finished; fail after `guard` (a hang
     /// guard: the cluster stopped making progress).
-    pub(crate) async fn wait_done(&self, target: u64, guard: Duration, what: &str) {
+    pub async fn wait_done(&self, target: u64, guard: Duration, what: &str) {
         let deadline = Instant::now() + guard;
         while self.done() < target {
             assert!(
@@ -131,7 +154,7 @@ impl Load {
     }
 
     /// Wait until `more` further publishes are acknowledged (hang guard 120 s).
-    pub(crate) async fn wait_acked_more(&self, more: u64, what: &str) {
+    pub async fn wait_acked_more(&self, more: u64, what: &str) {
         let target = self.acked() + more;
         let deadline = Instant::now() + Duration::from_secs(120);
         while self.acked() < target {
@@ -145,12 +168,12 @@ impl Load {
     }
 
     /// Ask the publishers to stop after their current publish.
-    pub(crate) fn stop(&self) {
+    pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
 
     /// Wait for every publisher to finish; the ledger and the total retries.
-    pub(crate) async fn finish(self) -> (Ledger, u64) {
+    pub async fn finish(self) -> (Ledger, u64) {
         let mut retries = 0;
         for task in self.tasks {
             retries += task.await.expect("publisher task panicked");

@@ -1,37 +1,44 @@
-//! The publisher's side of the story: which publications were sent, which
-//! were acknowledged at which `(epoch, offset)`, and the check of a node's
-//! history against that record (guarantees 1 and 5).
+//! The history checker: the publisher's side of the story (which
+//! publications were sent, which were acknowledged at which
+//! `(epoch, offset)`), and the check of every node's history against that
+//! record — guarantee 1 (acknowledged means durable on every replica) and
+//! guarantee 5 (a retried publish is stored once).
 //!
 //! Each publication carries a unique id in its payload (`{"id":N}`), so a
 //! duplicate in history is visible even if the node lost or rewrote the
 //! idempotency key.
+//!
+//! A scenario ends with a [`crate::verdict::Verdict`] built from the ledger
+//! and the violations found here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use herald_cluster_tests::Cluster;
+use crate::Cluster;
 use herald_proto::v1::{HistoryResponse, PublishRequest, PublishResponse};
 
 /// An acknowledged publish as the publisher saw it.
 #[derive(Debug, Clone)]
-pub(crate) struct Ack {
-    pub(crate) offset: u64,
-    pub(crate) epoch: String,
+pub struct Ack {
+    /// The offset the node answered.
+    pub offset: u64,
+    /// The epoch the node answered.
+    pub epoch: String,
 }
 
 /// Everything sent, by publication id.
 #[derive(Debug, Default)]
-pub(crate) struct Ledger {
+pub struct Ledger {
     /// Channel of every publication ever sent.
     sent: BTreeMap<u64, String>,
     acked: BTreeMap<u64, Ack>,
     failed: BTreeMap<u64, String>,
     /// Acknowledgements flagged `duplicate` (a retry found the original).
-    pub(crate) duplicates: u64,
+    pub duplicates: u64,
 }
 
 /// The request for publication `id` on `channel`: JSON payload with the id,
 /// idempotency key derived from the id.
-pub(crate) fn request(id: u64, channel: &str) -> PublishRequest {
+pub fn request(id: u64, channel: &str) -> PublishRequest {
     PublishRequest {
         channel: channel.to_string(),
         event_type: "tick".to_string(),
@@ -43,7 +50,7 @@ pub(crate) fn request(id: u64, channel: &str) -> PublishRequest {
 }
 
 /// The id in a payload made by [`request`].
-pub(crate) fn payload_id(data: &[u8]) -> Option<u64> {
+pub fn payload_id(data: &[u8]) -> Option<u64> {
     std::str::from_utf8(data)
         .ok()?
         .strip_prefix("{\"id\":")?
@@ -54,15 +61,17 @@ pub(crate) fn payload_id(data: &[u8]) -> Option<u64> {
 
 impl Ledger {
     /// Note that publication `id` is about to be sent to `channel`.
-    pub(crate) fn sent(&mut self, id: u64, channel: &str) {
+    pub fn sent(&mut self, id: u64, channel: &str) {
         self.sent.insert(id, channel.to_string());
     }
 
-    /// Note the acknowledgement of publication `id`.
-    pub(crate) fn acked(&mut self, id: u64, resp: &PublishResponse) {
+    /// Note the acknowledgement of publication `id` (after an earlier
+    /// failure too: a later retry succeeded).
+    pub fn acked(&mut self, id: u64, resp: &PublishResponse) {
         if resp.duplicate {
             self.duplicates += 1;
         }
+        self.failed.remove(&id);
         self.acked.insert(
             id,
             Ack {
@@ -73,17 +82,17 @@ impl Ledger {
     }
 
     /// Note that publication `id` was never acknowledged.
-    pub(crate) fn failed(&mut self, id: u64, why: String) {
+    pub fn failed(&mut self, id: u64, why: String) {
         self.failed.insert(id, why);
     }
 
     /// How many publications were acknowledged.
-    pub(crate) fn acked_count(&self) -> usize {
+    pub fn acked_count(&self) -> usize {
         self.acked.len()
     }
 
     /// Unacknowledged publications with the last error of each (at most 10).
-    pub(crate) fn failures(&self) -> (usize, Vec<(u64, String)>) {
+    pub fn failures(&self) -> (usize, Vec<(u64, String)>) {
         (
             self.failed.len(),
             self.failed
@@ -94,8 +103,32 @@ impl Ledger {
         )
     }
 
+    /// How many publications were sent (acknowledged or not).
+    pub fn sent_count(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// Publications sent but never acknowledged, with their channels.
+    pub fn unacknowledged(&self) -> Vec<(u64, String)> {
+        self.sent
+            .iter()
+            .filter(|(id, _)| !self.acked.contains_key(id))
+            .map(|(id, channel)| (*id, channel.clone()))
+            .collect()
+    }
+
+    /// Whether publication `id` was acknowledged.
+    pub fn is_acked(&self, id: u64) -> bool {
+        self.acked.contains_key(&id)
+    }
+
+    /// The acknowledgement of publication `id`, if any.
+    pub fn ack(&self, id: u64) -> Option<&Ack> {
+        self.acked.get(&id)
+    }
+
     /// Every channel that was sent to.
-    pub(crate) fn channels(&self) -> BTreeSet<String> {
+    pub fn channels(&self) -> BTreeSet<String> {
         self.sent.values().cloned().collect()
     }
 
@@ -106,8 +139,10 @@ impl Ledger {
     /// * every publication is one this test sent to this channel, and none
     ///   appears twice (acknowledged or not);
     /// * every acknowledged publication is there, at its acknowledged offset
-    ///   and epoch.
-    pub(crate) fn check_channel(
+    ///   and epoch;
+    /// * `published_at_ms` never decreases along the offsets (the log's
+    ///   clock never runs backwards, even when a node's clock does).
+    pub fn check_channel(
         &self,
         node: u64,
         channel: &str,
@@ -130,6 +165,17 @@ impl Ledger {
                 history.offset,
                 pubs.len()
             ));
+        }
+        for pair in pubs.windows(2) {
+            if pair[1].published_at_ms < pair[0].published_at_ms {
+                bad.push(format!(
+                    "node {node} {channel}@{}: published_at_ms {} is earlier than {} at offset {}",
+                    pair[1].offset,
+                    pair[1].published_at_ms,
+                    pair[0].published_at_ms,
+                    pair[0].offset
+                ));
+            }
         }
         let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
         for p in pubs {
@@ -215,7 +261,7 @@ fn runs(offsets: &[u64]) -> String {
 }
 
 /// Fail the test with the first violations, if any.
-pub(crate) fn assert_no_violations(what: &str, violations: &[String]) {
+pub fn assert_no_violations(what: &str, violations: &[String]) {
     if !violations.is_empty() {
         let shown: Vec<&str> = violations.iter().take(40).map(String::as_str).collect();
         panic!(
@@ -231,7 +277,7 @@ pub(crate) fn assert_no_violations(what: &str, violations: &[String]) {
 ///
 /// # Panics
 /// When a History call fails.
-pub(crate) async fn histories(
+pub async fn histories(
     cluster: &Cluster,
     node: u64,
     channels: &BTreeSet<String>,
@@ -249,7 +295,7 @@ pub(crate) async fn histories(
 }
 
 /// Every violation of `ledger` in every channel of one node's histories.
-pub(crate) fn check_node(
+pub fn check_node(
     ledger: &Ledger,
     node: u64,
     histories: &BTreeMap<String, HistoryResponse>,
@@ -261,7 +307,7 @@ pub(crate) fn check_node(
 }
 
 /// Channels whose history differs between two nodes.
-pub(crate) fn differing_channels(
+pub fn differing_channels(
     a: &BTreeMap<String, HistoryResponse>,
     b: &BTreeMap<String, HistoryResponse>,
 ) -> Vec<String> {
@@ -276,7 +322,7 @@ pub(crate) fn differing_channels(
 
 /// After convergence: every node in `nodes` holds, for every channel of the
 /// ledger, a history without violations, and all of them hold the same one.
-pub(crate) async fn assert_every_node_agrees(
+pub async fn assert_every_node_agrees(
     cluster: &Cluster,
     ledger: &Ledger,
     nodes: &[u64],
@@ -300,8 +346,49 @@ pub(crate) async fn assert_every_node_agrees(
     }
 }
 
+/// Every violation found by checking each node of `nodes` against the
+/// ledger and the nodes against each other (as [`assert_every_node_agrees`]
+/// does, without panicking). A History call that fails is a violation too.
+pub async fn verify_every_node(
+    cluster: &Cluster,
+    ledger: &Ledger,
+    nodes: &[u64],
+    limit: u32,
+) -> Vec<String> {
+    let channels = ledger.channels();
+    let mut bad = Vec::new();
+    let mut reference: Option<(u64, BTreeMap<String, HistoryResponse>)> = None;
+    for &id in nodes {
+        let mut histories = BTreeMap::new();
+        for channel in &channels {
+            match cluster.history(id, channel, limit).await {
+                Ok(h) => {
+                    histories.insert(channel.clone(), h);
+                }
+                Err(e) => bad.push(format!(
+                    "node {id}: History({channel}) failed: {:?} {}",
+                    e.code(),
+                    e.message()
+                )),
+            }
+        }
+        bad.extend(check_node(ledger, id, &histories));
+        match &reference {
+            None => reference = Some((id, histories)),
+            Some((first, theirs)) => {
+                for channel in differing_channels(theirs, &histories) {
+                    bad.push(format!(
+                        "nodes {first} and {id} hold different histories of {channel}"
+                    ));
+                }
+            }
+        }
+    }
+    bad
+}
+
 /// Liveness after the faults healed: every publish was acknowledged.
-pub(crate) fn assert_all_acknowledged(ledger: &Ledger) {
+pub fn assert_all_acknowledged(ledger: &Ledger) {
     let (failed, examples) = ledger.failures();
     assert_eq!(
         failed, 0,

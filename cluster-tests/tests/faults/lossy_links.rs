@@ -1,0 +1,101 @@
+//! Guarantees 1 and 5 over bad links: every node loses 20% of the packets
+//! it sends to its peers and delays the rest by 100 ms (netem's `loss 20%
+//! delay 100ms`, on each node's sending side, so every peer link is
+//! impaired in both directions). Raft's heartbeats, votes and appends all
+//! cross those links; publishers still reach every node directly.
+//!
+//! Progress must continue — publications keep being acknowledged while the
+//! links are bad — and the checker must pass: lost and late packets, TCP
+//! retransmits and any elections they cause may slow commits down, never
+//! lose or duplicate one.
+//!
+//! Raft timers are set for such a network as an operator would set them
+//! for a WAN: openraft gives each AppendEntries (heartbeats included) one
+//! heartbeat interval to complete, so `--heartbeat-ms` must exceed the
+//! peer round trip (here 200 ms plus TCP retransmits of lost segments).
+//! With the tests' usual 50 ms heartbeat every append times out and the
+//! cluster stalls; that is a configuration limit, not what this scenario
+//! is about.
+
+use std::time::Duration;
+
+use herald_cluster_tests::load::{Load, LoadSpec};
+use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, ledger};
+
+const SCENARIO: &str = "lossy_links";
+
+const NETEM: &str = "loss 20% delay 100ms";
+
+/// Five times the impaired round trip.
+const HEARTBEAT_MS: u64 = 1000;
+
+const POLICY: &str = r#"
+[limits]
+idempotency_window_secs = 900
+max_history_limit = 10000
+
+[namespaces.ll]
+history_size = 10000
+history_ttl_secs = 0
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_continues_with_loss_and_delay_on_every_peer_link() {
+    if !crate::network_or_skip(SCENARIO) {
+        return;
+    }
+    let opts = ClusterOptions {
+        heartbeat_ms: HEARTBEAT_MS,
+        election_timeout_ms: 5 * HEARTBEAT_MS,
+        ..ClusterOptions::default().with_policy(POLICY)
+    };
+    let mut cluster = Cluster::start_isolated(3, opts).await.unwrap();
+    let ids = cluster.ids();
+    let spec = LoadSpec {
+        namespace: "ll",
+        channels: 20,
+        publishers: 8,
+        total: u64::MAX,
+        pace: Duration::from_millis(2),
+        // COMMIT_TIMEOUT is 10 election timeouts (50 s) here.
+        attempt_timeout: Duration::from_secs(60),
+        patience: Duration::from_secs(240),
+    };
+    let load = Load::start(&cluster, &ids, spec);
+    load.wait_acked_more(200, "on healthy links").await;
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let term_before = cluster.status(leader).await.unwrap().term;
+
+    for &id in &ids {
+        cluster.net().netem(id, NETEM).unwrap();
+    }
+    let acked_before = load.acked();
+    eprintln!("{NETEM} on every peer link after {acked_before} acks");
+    load.wait_acked_more(150, "with lossy, slow links").await;
+    let acked_impaired = load.acked() - acked_before;
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(120))
+        .await
+        .unwrap();
+    let term_impaired = cluster.status(leader).await.unwrap().term;
+    for &id in &ids {
+        cluster.net().clear_netem(id).unwrap();
+    }
+
+    load.wait_acked_more(100, "after the links recovered").await;
+    load.stop();
+    let (ledger, retries) = load.finish().await;
+    cluster
+        .wait_converged(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let violations = ledger::verify_every_node(&cluster, &ledger, &ids, 10_000).await;
+    Verdict::new(SCENARIO, &ledger, retries, violations)
+        .fact("netem", NETEM.replace(' ', "_"))
+        .fact("acked_while_impaired", acked_impaired)
+        .fact("terms_while_impaired", term_impaired - term_before)
+        .conclude();
+}
