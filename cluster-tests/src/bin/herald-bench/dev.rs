@@ -1,6 +1,6 @@
 //! A `herald dev` cluster started for the benchmark (`--spawn`): the `herald`
-//! binary next to `herald-bench`, its printed endpoints and API key, and its
-//! shutdown.
+//! binary next to `herald-bench`, its printed endpoints, API key, edge URLs
+//! and development token, and its shutdown.
 //!
 //! The cluster must never outlive the benchmark: [`DevCluster::stop`] sends
 //! SIGTERM and waits, and dropping an unstopped handle (an error, a panic, a
@@ -33,6 +33,12 @@ pub(crate) struct DevCluster {
     pub(crate) grpc_addrs: Vec<String>,
     /// From the `api-key <key>` line, if it printed one.
     pub(crate) api_key: Option<String>,
+    /// From the `edge 1 websocket <url>` line, if it printed one.
+    pub(crate) edge_ws: Option<String>,
+    /// From the `edge 1 metrics <url>` line: the edge's operations listener.
+    pub(crate) edge_metrics: Option<String>,
+    /// From the `token <jwt>` line: a connection token its edge accepts.
+    pub(crate) token: Option<String>,
     stopped: bool,
 }
 
@@ -74,6 +80,9 @@ impl DevCluster {
             pid,
             grpc_addrs: Vec::new(),
             api_key: None,
+            edge_ws: None,
+            edge_metrics: None,
+            token: None,
             stopped: false,
         };
         let mut lines = BufReader::new(stdout).lines();
@@ -97,6 +106,10 @@ impl DevCluster {
                 ["ready"] => break,
                 ["node", _, "grpc", addr] => cluster.grpc_addrs.push((*addr).to_string()),
                 ["api-key", key] => cluster.api_key = Some((*key).to_string()),
+                // Only the first edge: the benchmarks drive one.
+                ["edge", "1", "websocket", url] => cluster.edge_ws = Some((*url).to_string()),
+                ["edge", "1", "metrics", url] => cluster.edge_metrics = Some((*url).to_string()),
+                ["token", token] => cluster.token = Some((*token).to_string()),
                 _ => {}
             }
         }
@@ -112,7 +125,8 @@ impl DevCluster {
         Ok(cluster)
     }
 
-    /// Process id of `herald dev`; its `herald-node` children are the nodes.
+    /// Process id of `herald dev`; its `herald-node` children are the nodes,
+    /// its `herald-edge` child the edge.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
@@ -121,7 +135,7 @@ impl DevCluster {
     /// [`STOP_TIMEOUT`]).
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         self.stopped = true;
-        let nodes = usage::children_named(self.pid, usage::NODE_COMM);
+        let nodes = children(self.pid);
         signal(self.pid, Signal::SIGTERM);
         match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
@@ -144,7 +158,7 @@ impl Drop for DevCluster {
             return;
         }
         eprintln!("herald-bench: stopping `herald dev` (pid {})", self.pid);
-        let nodes = usage::children_named(self.pid, usage::NODE_COMM);
+        let nodes = children(self.pid);
         signal(self.pid, Signal::SIGTERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
@@ -157,8 +171,15 @@ impl Drop for DevCluster {
     }
 }
 
-/// SIGKILL `herald dev` and the nodes it had: a killed `herald dev` cannot
-/// stop its children itself.
+/// The node and edge processes `herald dev` started.
+fn children(dev: u32) -> Vec<u32> {
+    let mut pids = usage::children_named(dev, usage::NODE_COMM);
+    pids.extend(usage::children_named(dev, usage::EDGE_COMM));
+    pids
+}
+
+/// SIGKILL `herald dev` and the nodes and edge it had: a killed `herald dev`
+/// cannot stop its children itself.
 fn kill_all(dev: u32, nodes: &[u32]) {
     signal(dev, Signal::SIGKILL);
     for &pid in nodes {

@@ -43,16 +43,22 @@ pub(crate) fn since(before: Totals, after: Totals) -> Option<Grouping> {
 
 /// Read the totals from `http://<http_addr>/metrics`.
 pub(crate) async fn scrape(http_addr: &str) -> Option<Totals> {
+    parse(&metrics_page(http_addr).await?)
+}
+
+/// `GET http://<http_addr>/metrics` (headers included), or `None` when it
+/// cannot be read within the scrape timeout. Also used for the edge's
+/// gauges.
+pub(crate) async fn metrics_page(http_addr: &str) -> Option<String> {
     let addr = match http_addr.rsplit_once(':') {
         Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
         Some(("[::]", port)) => format!("[::1]:{port}"),
         _ => http_addr.to_string(),
     };
-    let page = tokio::time::timeout(SCRAPE_TIMEOUT, get_metrics(&addr))
+    tokio::time::timeout(SCRAPE_TIMEOUT, get_metrics(&addr))
         .await
         .ok()?
-        .ok()?;
-    parse(&page)
+        .ok()
 }
 
 async fn get_metrics(addr: &str) -> std::io::Result<String> {

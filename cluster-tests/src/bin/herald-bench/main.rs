@@ -6,15 +6,25 @@
 //! second, ack latency percentiles, errors by reason, and the node processes'
 //! CPU and memory. `--smoke` is the short run CI uses so the tool cannot rot.
 //!
+//! `herald-bench idle` holds thousands of idle WebSocket clients on an edge
+//! and reports the edge's (and nodes') memory per connection;
+//! `herald-bench fanout` puts S subscribers on one channel, publishes at
+//! stepped rates through gRPC and reports delivered messages/s, end-to-end
+//! latency and the processes' CPU and memory. Both take `--smoke` too.
+//!
 //! This file only parses the command line and maps the outcome to an exit
 //! code; each step of the work lives in its own module.
 
 mod dev;
+mod edge_target;
+mod fanout;
 mod group_commit;
+mod idle;
 mod leader;
 mod publish;
 mod report;
 mod usage;
+mod wsclient;
 
 use std::process::ExitCode;
 
@@ -37,6 +47,13 @@ enum Command {
     /// Publish as fast as N concurrent publishers can, one step per N, and
     /// report throughput, ack latency and the nodes' CPU and memory.
     Publish(publish::PublishArgs),
+    /// Hold N idle WebSocket clients on an edge and report its memory per
+    /// connection (and the nodes').
+    Idle(idle::IdleArgs),
+    /// S WebSocket subscribers on one channel, publications through gRPC
+    /// at stepped rates: delivered messages/s, end-to-end latency, CPU and
+    /// memory.
+    Fanout(fanout::FanoutArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +72,8 @@ fn main() -> ExitCode {
         let work = async {
             match cli.command {
                 Command::Publish(args) => publish::run(args).await,
+                Command::Idle(args) => idle::run(args).await,
+                Command::Fanout(args) => fanout::run(args).await,
             }
         };
         // On Ctrl-C or SIGTERM the work future is dropped, which stops a

@@ -24,7 +24,7 @@ use tonic_types::StatusExt;
 use crate::dev::{self, DevCluster};
 use crate::group_commit;
 use crate::leader::{ApiKey, Leader};
-use crate::report::{self, RunInfo, StepReport};
+use crate::report::{self, RunInfo, Say, StepReport};
 use crate::usage::{self, Watched};
 
 /// How long to wait for the cluster to have a leader and accept a first
@@ -226,21 +226,6 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
             idle.join(", ")
         );
         Ok(ExitCode::FAILURE)
-    }
-}
-
-/// Human-readable output: stdout, or stderr when stdout carries the JSON.
-struct Say {
-    to_stderr: bool,
-}
-
-impl Say {
-    fn line(&self, text: &str) {
-        if self.to_stderr {
-            eprintln!("{text}");
-        } else {
-            println!("{text}");
-        }
     }
 }
 
@@ -514,7 +499,7 @@ async fn publisher(
 }
 
 /// Errors after which the leader may have moved or the connection broken.
-fn retryable(status: &Status) -> bool {
+pub(crate) fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::Unknown | Code::DeadlineExceeded
@@ -531,7 +516,7 @@ fn backoff(status: &Status) -> Duration {
 
 /// The server's stable reason, or the gRPC code (`DEADLINE_EXCEEDED`, ...)
 /// when it gave none (the call never reached a node, or timed out here).
-fn reason(status: &Status) -> String {
+pub(crate) fn reason(status: &Status) -> String {
     if let Some(info) = status
         .get_details_error_info()
         .filter(|i| !i.reason.is_empty())

@@ -10,6 +10,21 @@ use serde_json::{Value, json};
 use crate::group_commit::Grouping;
 use crate::usage::{Machine, Usage};
 
+/// Human-readable output: stdout, or stderr when stdout carries the JSON.
+pub(crate) struct Say {
+    pub(crate) to_stderr: bool,
+}
+
+impl Say {
+    pub(crate) fn line(&self, text: &str) {
+        if self.to_stderr {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+}
+
 /// The setup every step shares.
 #[derive(Debug)]
 pub(crate) struct RunInfo {

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 /// What the kernel calls a node process (`/proc/<pid>/comm`).
 pub(crate) const NODE_COMM: &str = "herald-node";
+/// What the kernel calls an edge process.
+pub(crate) const EDGE_COMM: &str = "herald-edge";
 
 /// `/proc/<pid>/stat` counts CPU time in clock ticks of `USER_HZ`, which the
 /// kernel fixes at 100 on every architecture Herald runs on.
@@ -97,6 +99,17 @@ impl Watched {
             a == listen || (any_host && a.rsplit_once(':').is_some_and(|(_, p)| p == port))
         })
     }
+}
+
+/// The value of flag `name` on `pid`'s command line, e.g. an edge's
+/// `--listen`.
+pub(crate) fn cmdline_flag(pid: u32, name: &str) -> Option<String> {
+    let args: Vec<String> = fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()?
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    flag(&args, name)
 }
 
 fn flag(args: &[String], name: &str) -> Option<String> {
@@ -298,10 +311,48 @@ fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(
+        &fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        "VmRSS:",
+    )
+}
+
+/// A process's resident memory at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Memory {
+    /// `VmRSS`: everything resident (heap, stacks, mapped binary, ...).
+    pub(crate) rss_kib: u64,
+    /// `RssAnon`: the anonymous part (heap and stacks), what connections
+    /// grow.
+    pub(crate) anon_kib: u64,
+}
+
+/// `pid`'s resident memory, from `/proc/<pid>/status`.
+pub(crate) fn memory(pid: u32) -> Option<Memory> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(Memory {
+        rss_kib: status_kib(&status, "VmRSS:")?,
+        anon_kib: status_kib(&status, "RssAnon:").unwrap_or(0),
+    })
+}
+
+/// The soft limit on open files of `pid` (`Max open files` in
+/// `/proc/<pid>/limits`); `None` if unreadable or unlimited.
+pub(crate) fn open_files_limit(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
@@ -332,6 +383,9 @@ mod tests {
         let me = std::process::id();
         assert!(stat(me).is_some());
         assert!(rss_kib(me).unwrap() > 0);
+        let m = memory(me).unwrap();
+        assert!(m.anon_kib > 0 && m.anon_kib <= m.rss_kib);
+        assert!(open_files_limit(me).unwrap() > 0);
     }
 
     #[test]
