@@ -474,31 +474,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
         let p = path.to_str().unwrap();
-        std::fs::write(&path, "[namespaces.chat]\nhistory_sise = 3\n").unwrap();
-        let e = parse(&[
-            "--id",
-            "1",
-            "--peers",
-            "1=a:1",
-            "--api-key",
-            "k",
-            "--config",
-            p,
-        ])
-        .unwrap_err();
+        let with_policy = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            parse(&[
+                "--id",
+                "1",
+                "--peers",
+                "1=a:1",
+                "--api-key",
+                "k",
+                "--config",
+                p,
+            ])
+            .unwrap_err()
+        };
+        let e = with_policy("[namespaces.chat]\nhistory_sise = 3\n");
         assert!(e.reason.contains("history_sise"), "{e}");
-        std::fs::write(&path, "[namespaces.chat.schemas.m]\ntype = 7\n").unwrap();
-        let e = parse(&[
-            "--id",
-            "1",
-            "--peers",
-            "1=a:1",
-            "--api-key",
-            "k",
-            "--config",
-            p,
-        ])
-        .unwrap_err();
+        let e = with_policy("[namespaces.chat.schemas.m]\ntype = 7\n");
         assert_eq!(e.field, "namespaces.chat.schemas.m");
     }
 }
