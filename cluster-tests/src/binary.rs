@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 #[derive(Debug)]
 struct Binaries {
     node: PathBuf,
+    /// The edge is optional for node tests, like the CLI.
+    edge: Result<PathBuf, String>,
     /// The CLI is optional for node tests: if it does not build, only the
     /// tests that need it fail.
     cli: Result<PathBuf, String>,
@@ -67,7 +69,7 @@ fn cargo_build(root: &Path, packages: &[&str]) -> Result<(), String> {
 
 fn build() -> Result<Binaries, String> {
     let root = workspace_root();
-    let both = cargo_build(&root, &["herald-node", "herald-cli"]);
+    let all = cargo_build(&root, &["herald-node", "herald-cli", "herald-edge"]);
     let debug = target_dir(&root).join("debug");
     let find = |name: &str| {
         let path = debug.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
@@ -77,16 +79,18 @@ fn build() -> Result<Binaries, String> {
             Err(format!("built, but {} does not exist", path.display()))
         }
     };
-    match both {
+    match all {
         Ok(()) => Ok(Binaries {
             node: find("herald-node")?,
+            edge: find("herald-edge"),
             cli: find("herald"),
         }),
-        Err(both_err) => {
+        Err(all_err) => {
             cargo_build(&root, &["herald-node"])?;
             Ok(Binaries {
                 node: find("herald-node")?,
-                cli: Err(both_err),
+                edge: Err(all_err.clone()),
+                cli: Err(all_err),
             })
         }
     }
@@ -106,6 +110,17 @@ fn binaries() -> &'static Binaries {
 /// When the build fails; the message carries cargo's output.
 pub fn herald_node() -> &'static Path {
     &binaries().node
+}
+
+/// Path of the `herald-edge` executable, built on first use.
+///
+/// # Panics
+/// When the build fails; the message carries cargo's output.
+pub fn herald_edge() -> &'static Path {
+    match &binaries().edge {
+        Ok(path) => path,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// Path of the `herald` CLI executable, built on first use.

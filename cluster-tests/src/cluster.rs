@@ -136,7 +136,7 @@ const ISOLATED_HTTP_PORT: u16 = 7200;
 /// chosen so the same port is not handed out twice; another process could
 /// still take one before the node binds it, which is rare enough on a test
 /// machine to accept.
-fn free_addrs(n: usize) -> std::io::Result<Vec<SocketAddr>> {
+pub(crate) fn free_addrs(n: usize) -> std::io::Result<Vec<SocketAddr>> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -347,6 +347,37 @@ impl Cluster {
         }
         extra.extend(opts.extra_args.iter().map(OsString::from));
         self.spawn_node(binary::herald_node(), id, addrs[0], addrs[1], extra)
+    }
+
+    /// Where a process other than a node (an edge) runs: the program and
+    /// leading arguments that start `binary`, and two addresses for it to
+    /// listen on. On loopback those are free ports; in an isolated cluster
+    /// the process gets its own network namespace, host `host` (1..=200,
+    /// distinct from node ids), on ports 7100 and 7200, so links between it
+    /// and the nodes can be cut like links between nodes.
+    pub fn place_process(
+        &mut self,
+        host: u64,
+        binary: &Path,
+    ) -> anyhow::Result<(PathBuf, Vec<OsString>, [SocketAddr; 2])> {
+        match &mut self.net {
+            None => {
+                let addrs = free_addrs(2)?;
+                Ok((binary.to_path_buf(), Vec::new(), [addrs[0], addrs[1]]))
+            }
+            Some(net) => {
+                let addr = net.add_host(host)?.addr.into();
+                let (program, args) = net.command_in(host, binary);
+                Ok((
+                    program,
+                    args,
+                    [
+                        SocketAddr::new(addr, ISOLATED_GRPC_PORT),
+                        SocketAddr::new(addr, ISOLATED_HTTP_PORT),
+                    ],
+                ))
+            }
+        }
     }
 
     /// The temporary directory holding data directories, logs and the policy.

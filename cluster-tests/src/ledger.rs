@@ -127,6 +127,20 @@ impl Ledger {
         self.acked.get(&id)
     }
 
+    /// The channel publication `id` was sent to, if it was sent.
+    pub fn channel_of(&self, id: u64) -> Option<&str> {
+        self.sent.get(&id).map(String::as_str)
+    }
+
+    /// The highest offset acknowledged on `channel`, if any was.
+    pub fn newest_acked_offset(&self, channel: &str) -> Option<u64> {
+        self.acked
+            .iter()
+            .filter(|(id, _)| self.channel_of(**id) == Some(channel))
+            .map(|(_, ack)| ack.offset)
+            .max()
+    }
+
     /// Every channel that was sent to.
     pub fn channels(&self) -> BTreeSet<String> {
         self.sent.values().cloned().collect()

@@ -28,11 +28,13 @@ pub mod binary;
 pub mod client;
 pub mod clock;
 pub mod cluster;
+pub mod edge;
 pub mod ledger;
 pub mod load;
 pub mod network;
 pub mod process;
 pub mod rng;
+pub mod subscriber;
 pub mod verdict;
 
 pub use client::{
@@ -40,6 +42,8 @@ pub use client::{
     is_retryable, reason_of,
 };
 pub use cluster::{Cluster, ClusterOptions, members, voters};
+pub use edge::{EdgeProc, edge_token};
 pub use network::Network;
 pub use process::{NodeLaunch, NodeProc};
+pub use subscriber::{Subscriber, SubscriberOptions, check_subscriber};
 pub use verdict::{Verdict, announce};

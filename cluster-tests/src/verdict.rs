@@ -64,6 +64,11 @@ impl Verdict {
         self
     }
 
+    /// Add a violation when `failed`.
+    pub fn violation_if(self, failed: bool, what: impl Into<String>) -> Self {
+        if failed { self.violation(what) } else { self }
+    }
+
     /// Whether the checker found nothing wrong.
     pub fn passed(&self) -> bool {
         self.violations.is_empty()

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `leader_crash` | 1 and 5: SIGKILL of the leader under load loses no ack, stores no retry twice |
 //! | `leader_pause` | 1 and 5: a frozen (SIGSTOP) leader is replaced and steps down on waking |
+//! | `edge_restart` | 2 and 3 from WebSocket subscribers: an edge killed and restarted, then the node another edge is linked to killed, under load; every subscriber ends with every publication once, in order |
 //! | `full_restart` | 1 and 3's premise: history, offsets and epochs survive restarting every node |
 //! | `membership` | 1: joining (via snapshot) and removing nodes under load loses nothing |
 //! | `validation` | 5 and 6: idempotent retries, schema and limit errors with stable reasons, auth, forwarding, batches, `History` windows |
@@ -16,6 +17,7 @@
 //! `load` (careful concurrent publishers) come from the harness library, shared
 //! with the fault suite (`tests/faults`).
 
+mod edge_restart;
 mod full_restart;
 mod health;
 mod leader_crash;

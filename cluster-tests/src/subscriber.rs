@@ -1,0 +1,647 @@
+//! The subscriber's side of the story: a client speaking the Centrifugo
+//! client protocol (JSON) to an edge, as the real SDKs do — connect with a
+//! token, subscribe, answer pings, and after any disconnect reconnect (to
+//! the next edge of its list) and resubscribe with `recover` from the last
+//! `(epoch, offset)` it saw — recording every subscribe outcome and every
+//! publication it is handed, in order.
+//!
+//! [`check_subscriber`] then proves guarantees 2 and 3 of `DESIGN.md` for
+//! one subscriber against the publishers' [`Ledger`]: per channel, offsets
+//! follow each other with no gap, duplicate or reordering across reconnects
+//! (unless the edge said `recovered: false`, which is recorded and counted),
+//! every publication is one that was sent to that channel at the offset its
+//! publisher was told, and the subscriber reached every acknowledged one.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::ledger::Ledger;
+
+/// Connect, handshake and subscribe replies must come within this long.
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause before reconnecting; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between reconnects.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What a subscriber does.
+#[derive(Debug, Clone)]
+pub struct SubscriberOptions {
+    /// A name for reports.
+    pub name: String,
+    /// Edge WebSocket URLs: the first is used first; each reconnect moves to
+    /// the next.
+    pub urls: Vec<String>,
+    /// The connection token (e.g. [`crate::edge::edge_token`]).
+    pub token: String,
+    /// Channels to subscribe to.
+    pub channels: Vec<String>,
+}
+
+/// One entry of a channel's log, in the order the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A subscribe reply: the stream position it reported, whether the
+    /// client asked to recover, and whether the edge recovered everything.
+    Subscribed {
+        /// The channel's epoch.
+        epoch: String,
+        /// The channel's newest offset when subscribed.
+        offset: u64,
+        /// The client asked to recover from an earlier position.
+        recovering: bool,
+        /// The edge delivered everything missed (only meaningful when
+        /// recovering).
+        recovered: bool,
+    },
+    /// A publication, from a subscribe reply or a push.
+    Publication {
+        /// Its offset.
+        offset: u64,
+        /// The ledger id in its payload (`{"id":N}`), if any.
+        id: Option<u64>,
+    },
+}
+
+/// Everything one subscriber saw.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    /// The subscriber's name.
+    pub name: String,
+    /// Each channel's events in order.
+    pub channels: BTreeMap<String, Vec<Event>>,
+    /// Sessions that completed the connect handshake.
+    pub sessions: u64,
+    /// Why each session (or attempt) ended.
+    pub disconnects: Vec<String>,
+}
+
+impl Record {
+    /// The newest position seen on `channel`: the last publication's offset
+    /// or the last subscribe reply's offset, whichever is later.
+    pub fn position(&self, channel: &str) -> Option<(String, u64)> {
+        let mut pos: Option<(String, u64)> = None;
+        for e in self.channels.get(channel)? {
+            match e {
+                Event::Subscribed { epoch, offset, .. } => {
+                    let keep = pos.as_ref().map_or(0, |(_, o)| *o);
+                    pos = Some((epoch.clone(), keep.max(*offset)));
+                }
+                Event::Publication { offset, .. } => {
+                    if let Some(p) = pos.as_mut() {
+                        p.1 = p.1.max(*offset);
+                    }
+                }
+            }
+        }
+        pos
+    }
+
+    /// Publications received on every channel (recovered ones included).
+    pub fn received(&self) -> usize {
+        self.channels
+            .values()
+            .flatten()
+            .filter(|e| matches!(e, Event::Publication { .. }))
+            .count()
+    }
+
+    /// Resubscribes the edge answered with `recovered: false`.
+    pub fn not_recovered(&self) -> usize {
+        self.channels
+            .values()
+            .flatten()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Subscribed {
+                        recovering: true,
+                        recovered: false,
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
+    /// Resubscribes the edge answered with `recovered: true`.
+    pub fn recovered(&self) -> usize {
+        self.channels
+            .values()
+            .flatten()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Subscribed {
+                        recovering: true,
+                        recovered: true,
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+}
+
+/// A running subscriber task.
+#[derive(Debug)]
+pub struct Subscriber {
+    channels: Vec<String>,
+    record: Arc<Mutex<Record>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Start the subscriber; it connects, subscribes and keeps reconnecting
+    /// until [`Subscriber::stop`].
+    pub fn spawn(opts: SubscriberOptions) -> Self {
+        assert!(!opts.urls.is_empty(), "a subscriber needs an edge URL");
+        let record = Arc::new(Mutex::new(Record {
+            name: opts.name.clone(),
+            ..Record::default()
+        }));
+        let (stop, stopped) = watch::channel(false);
+        let channels = opts.channels.clone();
+        let task = tokio::spawn(run(opts, record.clone(), stopped));
+        Self {
+            channels,
+            record,
+            stop,
+            task,
+        }
+    }
+
+    /// A copy of what it has seen so far.
+    pub fn snapshot(&self) -> Record {
+        self.record.lock().expect("record lock").clone()
+    }
+
+    /// Sessions that completed the handshake so far.
+    pub fn sessions(&self) -> u64 {
+        self.record.lock().expect("record lock").sessions
+    }
+
+    /// Wait until the subscriber is subscribed to all its channels (hang
+    /// guard `within`).
+    pub async fn wait_subscribed(&self, within: Duration) -> anyhow::Result<()> {
+        let want: BTreeMap<String, u64> = self.channels.iter().map(|c| (c.clone(), 0)).collect();
+        let deadline = Instant::now() + within;
+        loop {
+            let missing = {
+                let r = self.record.lock().expect("record lock");
+                want.keys().filter(|c| r.position(c).is_none()).count()
+            };
+            if missing == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let r = self.snapshot();
+                bail!(
+                    "subscriber {} not subscribed to {missing} channel(s) after {within:?} (sessions {}, disconnects {:?})",
+                    r.name,
+                    r.sessions,
+                    r.disconnects.iter().rev().take(3).collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until every channel of `want` has reached at least its offset
+    /// (hang guard `within`).
+    pub async fn wait_for(
+        &self,
+        want: &BTreeMap<String, u64>,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let behind: Vec<String> = {
+                let r = self.record.lock().expect("record lock");
+                want.iter()
+                    .filter_map(|(c, o)| {
+                        let at = r.position(c).map_or(0, |p| p.1);
+                        (at < *o).then(|| format!("{c} at {at} of {o}"))
+                    })
+                    .collect()
+            };
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let r = self.snapshot();
+                bail!(
+                    "subscriber {} still behind after {within:?}: {} (sessions {}, last disconnects {:?})",
+                    r.name,
+                    behind
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    r.sessions,
+                    r.disconnects.iter().rev().take(3).collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Close the connection and return the record.
+    pub async fn stop(self) -> Record {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        self.record.lock().expect("record lock").clone()
+    }
+}
+
+async fn run(
+    opts: SubscriberOptions,
+    record: Arc<Mutex<Record>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    for attempt in 0usize.. {
+        if *stopped.borrow() {
+            return;
+        }
+        let url = &opts.urls[attempt % opts.urls.len()];
+        let mut session = Session {
+            opts: &opts,
+            record: &record,
+            pending: BTreeMap::new(),
+            connected: false,
+        };
+        let outcome = tokio::select! {
+            r = session.run(url) => r,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let why = match outcome {
+            Ok(why) => why,
+            Err(e) => format!("{e:#}"),
+        };
+        let connected = session.connected;
+        record
+            .lock()
+            .expect("record lock")
+            .disconnects
+            .push(format!("{url}: {why}"));
+        backoff = if connected {
+            MIN_BACKOFF
+        } else {
+            (backoff * 2).min(MAX_BACKOFF)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One connection's life.
+struct Session<'a> {
+    opts: &'a SubscriberOptions,
+    record: &'a Mutex<Record>,
+    /// Subscribe command id → (channel, whether it asked to recover).
+    pending: BTreeMap<u64, (String, bool)>,
+    connected: bool,
+}
+
+impl Session<'_> {
+    /// Returns why the session ended (a close, a disconnect push, an error).
+    async fn run(&mut self, url: &str) -> anyhow::Result<String> {
+        let authority = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .ok_or_else(|| anyhow!("not a ws:// URL: {url}"))?;
+        let handshake = async {
+            let tcp = tokio::net::TcpStream::connect(authority).await?;
+            tcp.set_nodelay(true)?;
+            anyhow::Ok(tokio_tungstenite::client_async(url, tcp).await?)
+        };
+        let (mut ws, _) = tokio::time::timeout(STEP_TIMEOUT, handshake)
+            .await
+            .map_err(|_| anyhow!("WebSocket handshake timed out"))?
+            .context("WebSocket handshake")?;
+        let connect =
+            json!({"id": 1, "connect": {"token": self.opts.token, "name": self.opts.name}});
+        ws.send(Message::text(connect.to_string())).await?;
+        let mut commands = Vec::new();
+        for (next_id, channel) in (2u64..).zip(&self.opts.channels) {
+            let position = self.record.lock().expect("record lock").position(channel);
+            let mut sub = json!({"channel": channel});
+            if let Some((epoch, offset)) = &position {
+                sub["recover"] = json!(true);
+                sub["epoch"] = json!(epoch);
+                sub["offset"] = json!(offset);
+            }
+            commands.push(json!({"id": next_id, "subscribe": sub}).to_string());
+            self.pending
+                .insert(next_id, (channel.clone(), position.is_some()));
+        }
+        let mut subscribed = false;
+        let handshake_deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let frame = if self.pending.is_empty() {
+                ws.next().await
+            } else {
+                match tokio::time::timeout_at(handshake_deadline, ws.next()).await {
+                    Ok(f) => f,
+                    Err(_) => bail!("no reply to connect/subscribe within {STEP_TIMEOUT:?}"),
+                }
+            };
+            let text = match frame {
+                None => return Ok("stream ended".into()),
+                Some(Err(e)) => return Ok(format!("read error: {e}")),
+                Some(Ok(Message::Text(t))) => t.to_string(),
+                Some(Ok(Message::Close(c))) => {
+                    return Ok(match c {
+                        Some(c) => format!("closed {} {}", u16::from(c.code), c.reason),
+                        None => "closed".into(),
+                    });
+                }
+                Some(Ok(_)) => continue,
+            };
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let msg: Value = serde_json::from_str(line)
+                    .with_context(|| format!("edge sent invalid JSON: {line}"))?;
+                if msg.as_object().is_some_and(|o| o.is_empty()) {
+                    ws.send(Message::text("{}")).await?;
+                    continue;
+                }
+                if let Some(why) = self.handle(&msg)? {
+                    return Ok(why);
+                }
+            }
+            if self.connected && !subscribed {
+                subscribed = true;
+                if !commands.is_empty() {
+                    ws.send(Message::text(commands.join("\n"))).await?;
+                }
+            }
+        }
+    }
+
+    /// Apply one message from the edge; `Some(why)` ends the session.
+    fn handle(&mut self, msg: &Value) -> anyhow::Result<Option<String>> {
+        if let Some(push) = msg.get("push") {
+            let channel = push["channel"].as_str().unwrap_or_default().to_string();
+            if let Some(p) = push.get("pub") {
+                self.note(&channel, publication(p));
+            } else if let Some(d) = push.get("disconnect") {
+                return Ok(Some(format!("disconnect push {d}")));
+            } else if let Some(u) = push.get("unsubscribe") {
+                return Ok(Some(format!("unsubscribed from {channel}: {u}")));
+            }
+            return Ok(None);
+        }
+        let id = msg["id"].as_u64().unwrap_or(0);
+        if let Some(e) = msg.get("error") {
+            bail!("command {id} failed: {e}");
+        }
+        if id == 1 && msg.get("connect").is_some() {
+            self.connected = true;
+            self.record.lock().expect("record lock").sessions += 1;
+            return Ok(None);
+        }
+        if let (Some(reply), Some((channel, recovering))) =
+            (msg.get("subscribe"), self.pending.remove(&id))
+        {
+            self.note(
+                &channel,
+                Event::Subscribed {
+                    epoch: reply["epoch"].as_str().unwrap_or_default().to_string(),
+                    offset: reply["offset"].as_u64().unwrap_or(0),
+                    recovering,
+                    recovered: reply["recovered"].as_bool().unwrap_or(false),
+                },
+            );
+            for p in reply["publications"].as_array().into_iter().flatten() {
+                self.note(&channel, publication(p));
+            }
+        }
+        Ok(None)
+    }
+
+    fn note(&self, channel: &str, event: Event) {
+        self.record
+            .lock()
+            .expect("record lock")
+            .channels
+            .entry(channel.to_string())
+            .or_default()
+            .push(event);
+    }
+}
+
+fn publication(p: &Value) -> Event {
+    Event::Publication {
+        offset: p["offset"].as_u64().unwrap_or(0),
+        id: p["data"]["id"].as_u64(),
+    }
+}
+
+/// Check one subscriber's record against the ledger; returns every
+/// violation (empty: guarantees 2 and 3 held for it). Call after the
+/// subscriber caught up ([`Subscriber::wait_for`] the ledger's newest
+/// acknowledged offsets), so that "reached every acknowledged
+/// publication" is meaningful.
+pub fn check_subscriber(ledger: &Ledger, record: &Record) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (channel, events) in &record.channels {
+        let who = format!("subscriber {} {channel}", record.name);
+        let mut expected: Option<u64> = None;
+        let mut epoch: Option<&str> = None;
+        for e in events {
+            match e {
+                Event::Subscribed {
+                    epoch: e,
+                    offset,
+                    recovering,
+                    recovered,
+                } => {
+                    if *recovering && *recovered {
+                        // A channel with no publication yet has no epoch
+                        // (""), so a first epoch after that is no change;
+                        // the offsets and ids below still prove continuity.
+                        if epoch.is_some_and(|old| !old.is_empty() && old != e) {
+                            violations.push(format!(
+                                "{who}: recovered: true across an epoch change ({epoch:?} -> {e})"
+                            ));
+                        }
+                    } else {
+                        // A fresh subscribe, or the edge said it could not
+                        // recover: the stream restarts after `offset`.
+                        expected = Some(offset + 1);
+                    }
+                    epoch = Some(e);
+                }
+                Event::Publication { offset, id } => {
+                    let want = expected.unwrap_or(*offset);
+                    if *offset < want {
+                        violations.push(format!(
+                            "{who}: offset {offset} after {} (duplicate or reordered)",
+                            want - 1
+                        ));
+                    } else if *offset > want {
+                        violations.push(format!(
+                            "{who}: gap, offsets {want}..={} never delivered",
+                            offset - 1
+                        ));
+                    }
+                    expected = Some(expected.map_or(offset + 1, |x| x.max(offset + 1)));
+                    check_identity(ledger, &who, channel, *offset, *id, &mut violations);
+                }
+            }
+        }
+        let reached = record.position(channel).map_or(0, |p| p.1);
+        if let Some(newest) = ledger.newest_acked_offset(channel)
+            && reached < newest
+        {
+            violations.push(format!(
+                "{who}: reached offset {reached}, but {newest} was acknowledged"
+            ));
+        }
+    }
+    violations
+}
+
+fn check_identity(
+    ledger: &Ledger,
+    who: &str,
+    channel: &str,
+    offset: u64,
+    id: Option<u64>,
+    violations: &mut Vec<String>,
+) {
+    let Some(id) = id else {
+        violations.push(format!("{who}: offset {offset} carries no ledger id"));
+        return;
+    };
+    match ledger.channel_of(id) {
+        None => violations.push(format!("{who}: offset {offset} is id {id}, never sent")),
+        Some(c) if c != channel => violations.push(format!(
+            "{who}: offset {offset} is id {id}, which was sent to {c}"
+        )),
+        Some(_) => {
+            if let Some(ack) = ledger.ack(id)
+                && ack.offset != offset
+            {
+                violations.push(format!(
+                    "{who}: id {id} delivered at offset {offset}, acknowledged at {}",
+                    ack.offset
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_proto::v1::PublishResponse;
+
+    fn ack(ledger: &mut Ledger, id: u64, channel: &str, offset: u64) {
+        ledger.sent(id, channel);
+        ledger.acked(
+            id,
+            &PublishResponse {
+                offset,
+                epoch: "e".into(),
+                ..Default::default()
+            },
+        );
+    }
+
+    fn sub(offset: u64, recovering: bool, recovered: bool) -> Event {
+        Event::Subscribed {
+            epoch: "e".into(),
+            offset,
+            recovering,
+            recovered,
+        }
+    }
+
+    fn publ(offset: u64, id: u64) -> Event {
+        Event::Publication {
+            offset,
+            id: Some(id),
+        }
+    }
+
+    fn record(events: Vec<Event>) -> Record {
+        Record {
+            name: "s".into(),
+            channels: BTreeMap::from([("c".to_string(), events)]),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_stream_across_a_recovered_reconnect_passes() {
+        let mut ledger = Ledger::default();
+        for i in 1..=4 {
+            ack(&mut ledger, 100 + i, "c", i);
+        }
+        let r = record(vec![
+            sub(0, false, false),
+            publ(1, 101),
+            publ(2, 102),
+            sub(3, true, true),
+            publ(3, 103),
+            publ(4, 104),
+        ]);
+        assert_eq!(check_subscriber(&ledger, &r), Vec::<String>::new());
+        assert_eq!(r.recovered(), 1);
+        assert_eq!(r.position("c"), Some(("e".into(), 4)));
+    }
+
+    #[test]
+    fn gaps_duplicates_phantoms_and_shortfalls_are_reported() {
+        let mut ledger = Ledger::default();
+        for i in 1..=5 {
+            ack(&mut ledger, 100 + i, "c", i);
+        }
+        let r = record(vec![
+            sub(0, false, false),
+            publ(1, 101),
+            publ(3, 103),
+            publ(3, 103),
+            publ(4, 999),
+        ]);
+        let v = check_subscriber(&ledger, &r);
+        assert!(v.iter().any(|m| m.contains("gap, offsets 2..=2")), "{v:?}");
+        assert!(v.iter().any(|m| m.contains("duplicate")), "{v:?}");
+        assert!(v.iter().any(|m| m.contains("never sent")), "{v:?}");
+        assert!(
+            v.iter().any(|m| m.contains("but 5 was acknowledged")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn recovered_false_restarts_the_stream_and_is_counted() {
+        let mut ledger = Ledger::default();
+        for i in 1..=6 {
+            ack(&mut ledger, 100 + i, "c", i);
+        }
+        let r = record(vec![
+            sub(0, false, false),
+            publ(1, 101),
+            sub(5, true, false),
+            publ(6, 106),
+        ]);
+        assert_eq!(check_subscriber(&ledger, &r), Vec::<String>::new());
+        assert_eq!(r.not_recovered(), 1);
+    }
+}
