@@ -1,14 +1,15 @@
 //! One client connection's state, whatever its transport: who it is
-//! (after connect), what its token allows, which channels it subscribed,
+//! (after connect), what its token allows, which channels it subscribed
+//! (and until when, for subscription tokens with `exp`), its wire format,
 //! and its [`Outbox`]. Commands act on a `Client`; the transport only moves
 //! bytes. Dropping a `Client` unsubscribes it everywhere and releases its
 //! registration, so no path out of a connection leaks a subscription.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
 
 use crate::Edge;
 use crate::auth::{Action, AuthError, Capabilities, Identity};
@@ -16,8 +17,14 @@ use crate::channel::ChannelName;
 use crate::clients::Registration;
 use crate::hub::SubscriberId;
 use crate::outbox::{Item, Outbox};
-use crate::protocol::codes::{ClientError, Disconnect};
-use crate::protocol::frame;
+use crate::protocol::codes::{ClientError, Disconnect, UNSUBSCRIBE_EXPIRED};
+use crate::protocol::format::{Format, ReplyBody};
+
+/// How long after a token's `exp` the edge waits for its refresh before
+/// ending the connection (3005) or the subscription (2501). The SDKs ask
+/// for a new token only when the announced `ttl` has run out, so without
+/// it every refresh would race the deadline.
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(3);
 
 /// The transport a client uses (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +60,11 @@ pub struct Client {
     pub http_token: Option<String>,
     /// Set by a successful connect.
     pub identity: Option<Identity>,
-    /// Channels this connection subscribed to.
-    pub subscriptions: HashMap<ChannelName, ()>,
+    /// Channels this connection subscribed to, with the `exp` (Unix
+    /// seconds) of the subscription token that allowed it, if any.
+    pub subscriptions: HashMap<ChannelName, Option<i64>>,
+    /// The wire format of replies and pushes.
+    pub format: Format,
     /// A connect was answered with an error (101, 109).
     pub connect_refused: bool,
     transport: Transport,
@@ -68,6 +78,7 @@ impl Client {
         registration: Registration,
         http_token: Option<String>,
         transport: Transport,
+        format: Format,
     ) -> Self {
         metrics::gauge!("herald_edge_connections", "transport" => transport.label()).increment(1.0);
         let r: u128 = rand::random();
@@ -88,6 +99,7 @@ impl Client {
             http_token,
             identity: None,
             subscriptions: HashMap::new(),
+            format,
             connect_refused: false,
             transport,
         }
@@ -122,15 +134,52 @@ impl Client {
     }
 
     /// Queue a reply.
-    pub fn reply(&self, id: u32, method: &str, body: &impl Serialize) {
+    pub fn reply(&self, id: u32, body: impl ReplyBody) {
         if id > 0 {
-            self.send(frame::reply(id, method, body));
+            self.send(self.format.reply(id, body));
         }
     }
 
     /// Queue an error reply.
     pub fn error(&self, id: u32, e: &ClientError) {
-        self.send(frame::error(id, e));
+        self.send(self.format.error(id, e));
+    }
+
+    /// Seconds left on `channel`'s subscription token, when it expires.
+    pub fn subscription_ttl(&self, channel: &ChannelName) -> Option<u32> {
+        self.subscriptions
+            .get(channel)
+            .copied()
+            .flatten()
+            .map(crate::protocol::cmd::connect::ttl)
+    }
+
+    /// The earliest subscription-token `exp` (Unix seconds).
+    pub fn next_subscription_expiry(&self) -> Option<i64> {
+        self.subscriptions.values().flatten().min().copied()
+    }
+
+    /// End every subscription whose token expired more than
+    /// [`EXPIRY_GRACE`] before `now` without a `sub_refresh`: the client
+    /// gets the unsubscribe push 2501 and its SDK subscribes again with a
+    /// new token.
+    pub fn expire_subscriptions(&mut self, now: i64) {
+        let grace = EXPIRY_GRACE.as_secs() as i64;
+        let expired: Vec<ChannelName> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, exp)| exp.is_some_and(|e| e + grace <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in expired {
+            metrics::counter!("herald_edge_subscriptions_expired_total").increment(1);
+            self.forget(&channel);
+            self.send(self.format.unsubscribe_push(
+                &channel,
+                UNSUBSCRIBE_EXPIRED,
+                "subscription expired",
+            ));
+        }
     }
 
     /// Count an authentication failure.

@@ -1,6 +1,7 @@
 //! Herald's edge: terminates client WebSocket (Centrifugo client protocol,
-//! JSON) and SSE connections, authenticates them with JWTs, and fans out the
-//! publications it receives over one EdgeLink stream from the cluster.
+//! JSON or Protobuf) and SSE connections, authenticates them with JWTs, and
+//! fans out the publications it receives over one EdgeLink stream from the
+//! cluster.
 //!
 //! Module map: [`config`] (flags → validated settings), [`auth`] (tokens →
 //! capabilities), [`upstream`] (the EdgeLink stream and node calls),

@@ -34,6 +34,7 @@ use crate::client::{Client, Transport, unix_now};
 use crate::clients::Refusal;
 use crate::outbox::{Item, Outbox};
 use crate::protocol::codes::{ClientError, Disconnect};
+use crate::protocol::format::Format;
 
 /// Encode every channel's position as an opaque event id.
 pub fn resume_token(positions: &BTreeMap<ChannelName, Position>) -> String {
@@ -168,7 +169,14 @@ pub async fn stream(
     }
     let ping_every = edge.settings.limits.ping_interval;
     let expires_at = identity.expires_at;
-    let mut client = Client::new(edge.clone(), outbox, registration, None, Transport::Sse);
+    let mut client = Client::new(
+        edge.clone(),
+        outbox,
+        registration,
+        None,
+        Transport::Sse,
+        Format::Json,
+    );
     client.identity = Some(identity);
     let mut positions = BTreeMap::new();
     for (i, ch) in channels.iter().enumerate() {
@@ -176,7 +184,7 @@ pub async fn stream(
         if let Some(p) = &recover {
             positions.insert(ch.clone(), p.clone());
         }
-        client.subscriptions.insert(ch.clone(), ());
+        client.subscriptions.insert(ch.clone(), None);
         edge.hub.subscribe(
             ch,
             client.id(),

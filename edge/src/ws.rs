@@ -1,8 +1,10 @@
 //! The WebSocket transport (`GET /connection/websocket`): admission checks
-//! before the upgrade (shutdown, origin, limits), then one task per
-//! connection that reads frames into commands and writes the client's
-//! [`Outbox`], sends pings, and enforces the connect timeout, token expiry
-//! and dead-peer detection.
+//! before the upgrade (shutdown, origin, limits), the choice of wire format
+//! (JSON, or Protobuf when the client offers the `centrifuge-protobuf`
+//! subprotocol), then one task per connection that reads frames into
+//! commands and writes the client's [`Outbox`], sends pings, and enforces
+//! the connect timeout, connection and subscription token expiry and
+//! dead-peer detection.
 //!
 //! Owns the socket and nothing else: what a command means lives in
 //! [`crate::protocol::cmd`], what a client is in [`crate::client`].
@@ -20,12 +22,13 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::Edge;
 use crate::auth::token_from_request;
-use crate::client::{Client, Transport, unix_now};
+use crate::client::{Client, EXPIRY_GRACE, Transport, unix_now};
 use crate::clients::Refusal;
 use crate::config::Origins;
 use crate::outbox::{Item, Outbox};
 use crate::protocol::codes::{ClientError, Disconnect};
-use crate::protocol::frame;
+use crate::protocol::format::{Format, PROTOBUF_SUBPROTOCOL};
+use crate::protocol::{frame, protobuf};
 
 /// Longest a batch of writes may take before the client is considered
 /// stuck (a full TCP window) and dropped as slow.
@@ -109,6 +112,12 @@ pub async fn upgrade(
     }
     let token = token_from_request(q.token.as_deref(), &headers, &edge.settings.token_cookie);
     let max = edge.settings.limits.max_message_bytes;
+    let ws = ws.protocols([PROTOBUF_SUBPROTOCOL]);
+    let format = if ws.selected_protocol().is_some() {
+        Format::Protobuf
+    } else {
+        Format::Json
+    };
     // tungstenite's default 128 KiB read buffer is zero-filled before every
     // read, so all of it is resident per connection and re-zeroed on every
     // wake-up (docs/benchmarks.md, idle connections); 1 KiB grows as needed.
@@ -116,7 +125,7 @@ pub async fn upgrade(
         .max_frame_size(max)
         .read_buffer_size(1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| serve(edge, socket, token))
+        .on_upgrade(move |socket| serve(edge, socket, token, format))
 }
 
 async fn close(socket: &mut WebSocket, d: Disconnect) {
@@ -131,14 +140,27 @@ async fn close(socket: &mut WebSocket, d: Disconnect) {
     .await;
 }
 
-async fn serve(edge: Arc<Edge>, mut socket: WebSocket, token: Option<String>) {
+/// When `exp` (Unix seconds) plus the grace period is reached.
+fn deadline(exp: i64) -> Instant {
+    let left = (exp + EXPIRY_GRACE.as_secs() as i64 - unix_now()).max(0) as u64;
+    Instant::now() + Duration::from_secs(left)
+}
+
+async fn serve(edge: Arc<Edge>, mut socket: WebSocket, token: Option<String>, format: Format) {
     let outbox = Arc::new(Outbox::new(edge.settings.limits.client_queue_bytes));
     let registration = match edge.clients.register(outbox.clone()) {
         Ok(r) => r,
         Err(_) => return close(&mut socket, Disconnect::CONNECTION_LIMIT).await,
     };
     let limits = edge.settings.limits.clone();
-    let mut client = Client::new(edge, outbox, registration, token, Transport::WebSocket);
+    let mut client = Client::new(
+        edge,
+        outbox,
+        registration,
+        token,
+        Transport::WebSocket,
+        format,
+    );
     let connect_deadline = Instant::now() + limits.connect_timeout;
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
@@ -149,7 +171,8 @@ async fn serve(edge: Arc<Edge>, mut socket: WebSocket, token: Option<String>) {
             .identity
             .as_ref()
             .and_then(|i| i.expires_at)
-            .map(|exp| Instant::now() + Duration::from_secs((exp - unix_now()).max(0) as u64 + 1));
+            .map(deadline);
+        let sub_expiry = client.next_subscription_expiry().map(deadline);
         tokio::select! {
             r = client.outbox.next(&mut items) => match r {
                 Err(d) => break Some(d),
@@ -173,11 +196,23 @@ async fn serve(edge: Arc<Edge>, mut socket: WebSocket, token: Option<String>) {
                 Some(Ok(Message::Text(text))) => {
                     heard_since_ping = true;
                     metrics::counter!("herald_edge_received_bytes_total").increment(text.len() as u64);
+                    if client.format != Format::Json {
+                        break Some(Disconnect::INAPPROPRIATE_PROTOCOL);
+                    }
                     if let Err(d) = handle(&mut client, &text) {
                         break Some(d);
                     }
                 }
-                Some(Ok(Message::Binary(_))) => break Some(Disconnect::INAPPROPRIATE_PROTOCOL),
+                Some(Ok(Message::Binary(data))) => {
+                    heard_since_ping = true;
+                    metrics::counter!("herald_edge_received_bytes_total").increment(data.len() as u64);
+                    if client.format != Format::Protobuf {
+                        break Some(Disconnect::INAPPROPRIATE_PROTOCOL);
+                    }
+                    if let Err(d) = handle_binary(&mut client, &data, limits.max_message_bytes) {
+                        break Some(d);
+                    }
+                }
                 Some(Ok(_)) => heard_since_ping = true,
             },
             _ = ping.tick() => {
@@ -188,14 +223,17 @@ async fn serve(edge: Arc<Edge>, mut socket: WebSocket, token: Option<String>) {
                     break Some(Disconnect::NO_PONG);
                 }
                 heard_since_ping = false;
-                client.send(bytes::Bytes::from_static(frame::PING.as_bytes()));
+                client.send(client.format.ping());
             }
             _ = sleep_until(connect_deadline), if client.identity.is_none() => break Some(Disconnect::STALE),
             _ = sleep_until(expiry.unwrap_or(connect_deadline)), if expiry.is_some() => {
                 let exp = client.identity.as_ref().and_then(|i| i.expires_at);
-                if exp.is_some_and(|e| e <= unix_now()) {
+                if exp.is_some_and(|e| e + EXPIRY_GRACE.as_secs() as i64 <= unix_now()) {
                     break Some(Disconnect::EXPIRED);
                 }
+            }
+            _ = sleep_until(sub_expiry.unwrap_or(connect_deadline)), if sub_expiry.is_some() => {
+                client.expire_subscriptions(unix_now());
             }
         }
     };
@@ -212,6 +250,54 @@ fn handle(client: &mut Client, text: &str) -> Result<(), Disconnect> {
     Ok(())
 }
 
+fn handle_binary(client: &mut Client, data: &bytes::Bytes, max: usize) -> Result<(), Disconnect> {
+    let commands = protobuf::parse(data, max).map_err(|e| {
+        tracing::debug!(client = %client.client_id, "bad protobuf message: {e}");
+        Disconnect::BAD_REQUEST
+    })?;
+    for c in commands {
+        c.command.apply(c.id, client)?;
+    }
+    Ok(())
+}
+
+/// One queued item as a WebSocket message in the client's format.
+fn message(client: &mut Client, item: Item) -> Result<Message, ()> {
+    let format = client.format;
+    let bytes = match item {
+        Item::Pub(e) => {
+            if format == Format::Json {
+                return Ok(Message::Text(e.ws_text.clone()));
+            }
+            format.publication(&e)
+        }
+        Item::Frame(b) => b,
+        Item::Subscribed(d) => format.subscribe_reply(&d, client.subscription_ttl(&d.channel)),
+        Item::SubscribeFailed {
+            reply_id,
+            channel,
+            error,
+        } => {
+            client.dropped(&channel);
+            format.error(reply_id, &error)
+        }
+        Item::Unsubscribed {
+            channel,
+            code,
+            reason,
+        } => {
+            client.dropped(&channel);
+            format.unsubscribe_push(&channel, code, reason)
+        }
+    };
+    match format {
+        Format::Json => Utf8Bytes::try_from(bytes)
+            .map(Message::Text)
+            .map_err(|_| ()),
+        Format::Protobuf => Ok(Message::Binary(bytes)),
+    }
+}
+
 async fn write(
     socket: &mut WebSocket,
     client: &mut Client,
@@ -223,40 +309,24 @@ async fn write(
     let mut bytes = 0usize;
     let mut pubs = 0u64;
     for item in items.drain(..) {
-        let text = match item {
+        match &item {
             Item::Pub(e) => {
                 pubs += 1;
                 if e.published_at_ms > 0 {
                     metrics::histogram!("herald_edge_delivery_latency_seconds")
                         .record((now_ms - e.published_at_ms).max(0) as f64 / 1000.0);
                 }
-                e.ws_text.clone()
             }
-            Item::Frame(b) => Utf8Bytes::try_from(b).map_err(|_| ())?,
-            Item::Subscribed(d) => {
-                pubs += d.publications.len() as u64;
-                Utf8Bytes::try_from(frame::subscribe_reply(&d)).map_err(|_| ())?
-            }
-            Item::SubscribeFailed {
-                reply_id,
-                channel,
-                error,
-            } => {
-                client.dropped(&channel);
-                Utf8Bytes::try_from(frame::error(reply_id, &error)).map_err(|_| ())?
-            }
-            Item::Unsubscribed {
-                channel,
-                code,
-                reason,
-            } => {
-                client.dropped(&channel);
-                Utf8Bytes::try_from(frame::unsubscribe_push(&channel, code, reason))
-                    .map_err(|_| ())?
-            }
+            Item::Subscribed(d) => pubs += d.publications.len() as u64,
+            _ => {}
+        }
+        let msg = message(client, item)?;
+        bytes += match &msg {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            _ => 0,
         };
-        bytes += text.len();
-        socket.feed(Message::Text(text)).await.map_err(|_| ())?;
+        socket.feed(msg).await.map_err(|_| ())?;
     }
     socket.flush().await.map_err(|_| ())?;
     metrics::counter!("herald_edge_sent_bytes_total", "transport" => "websocket")

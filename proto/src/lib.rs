@@ -1,4 +1,5 @@
-//! The `herald.v1` wire contracts, generated from `proto/herald/v1/*.proto`.
+//! The `herald.v1` wire contracts, generated from `proto/herald/v1/*.proto`,
+//! and the edge's Protobuf client protocol (`proto/centrifugal/client/v2`).
 //!
 //! This crate is the one place wire types are defined; binaries and tests
 //! import them from here and never redefine a message by hand.
@@ -7,6 +8,14 @@
 /// Messages and services of the `herald.v1` package.
 pub mod v1 {
     tonic::include_proto!("herald.v1");
+}
+
+/// The Centrifugo client protocol v2 in Protobuf (package
+/// `centrifugal.client.v2`, `proto/centrifugal/client/v2/client.proto`):
+/// what the edge speaks under the `centrifuge-protobuf` WebSocket
+/// subprotocol.
+pub mod client_v2 {
+    tonic::include_proto!("centrifugal.client.v2");
 }
 
 /// Encoded `FileDescriptorSet` of every Herald proto, for gRPC reflection.

@@ -108,3 +108,7 @@ impl Disconnect {
 /// Unsubscribe push code: the edge lost continuity of the channel (its
 /// history was lost upstream); the SDK resubscribes and recovers.
 pub const UNSUBSCRIBE_INSUFFICIENT_STATE: u32 = 2500;
+
+/// Unsubscribe push code: the subscription token expired and was not
+/// refreshed with `sub_refresh`; the SDK subscribes again with a new token.
+pub const UNSUBSCRIBE_EXPIRED: u32 = 2501;

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use super::cmd::Command;
 use super::codes::ClientError;
 use super::publication::write_str;
-use crate::channel::ChannelName;
+use crate::channel::{ChannelName, Position};
 use crate::hub::SubscribeDone;
 
 /// A message that is not a valid command sequence.
@@ -190,13 +190,20 @@ pub fn write_publications<'a>(
     out.push(b']');
 }
 
-/// The reply to a subscribe, with its recovered publications.
-pub fn subscribe_reply(d: &SubscribeDone) -> Bytes {
+/// The reply to a subscribe, with its recovered publications; `expires`
+/// and `ttl` when the subscription token expires in `ttl` seconds.
+pub fn subscribe_reply(d: &SubscribeDone, ttl: Option<u32>) -> Bytes {
     let size: usize = d.publications.iter().map(|p| p.ws_push.len()).sum();
     let mut out = Vec::with_capacity(160 + size);
     out.extend_from_slice(b"{\"id\":");
     out.extend_from_slice(d.reply_id.to_string().as_bytes());
-    out.extend_from_slice(b",\"subscribe\":{\"recoverable\":true,\"positioned\":true,\"epoch\":");
+    out.extend_from_slice(b",\"subscribe\":{");
+    if let Some(ttl) = ttl {
+        out.extend_from_slice(b"\"expires\":true,\"ttl\":");
+        out.extend_from_slice(ttl.to_string().as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"recoverable\":true,\"positioned\":true,\"epoch\":");
     write_str(&mut out, d.position.epoch.as_str());
     out.extend_from_slice(b",\"offset\":");
     out.extend_from_slice(d.position.offset.0.to_string().as_bytes());
@@ -210,6 +217,22 @@ pub fn subscribe_reply(d: &SubscribeDone) -> Bytes {
         out.extend_from_slice(b",\"publications\":");
         write_publications(&mut out, d.publications.iter().map(|p| &**p));
     }
+    out.extend_from_slice(b"}}");
+    Bytes::from(out)
+}
+
+/// The reply to a history command: `publications`, then the channel's
+/// `epoch` and newest `offset`.
+pub fn history_reply(id: u32, pubs: &[crate::hub::Encoded], position: &Position) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(b",\"history\":{\"publications\":");
+    write_publications(&mut out, pubs.iter());
+    out.extend_from_slice(b",\"epoch\":");
+    write_str(&mut out, position.epoch.as_str());
+    out.extend_from_slice(b",\"offset\":");
+    out.extend_from_slice(position.offset.0.to_string().as_bytes());
     out.extend_from_slice(b"}}");
     Bytes::from(out)
 }

@@ -1,10 +1,15 @@
-//! Encoding a publication once into the bytes every subscriber receives.
+//! Encoding a publication once per wire format into the bytes every
+//! subscriber of that format receives.
 //!
-//! The WebSocket push `{"push":{"channel":C,"pub":P}}` is built once per
-//! publication; the publication object `P` (embedded in subscribe and
-//! history replies) and the push body `{"channel":C,"pub":P}` (an SSE
-//! event's data) are slices of the same buffer, so no subscriber ever
-//! causes a serialization.
+//! The JSON push `{"push":{"channel":C,"pub":P}}` is built once per
+//! publication, on arrival; the publication object `P` (embedded in
+//! subscribe and history replies) and the push body `{"channel":C,"pub":P}`
+//! (an SSE event's data) are slices of the same buffer. The Protobuf
+//! encoding ([`Encoded::proto`]) is built the first time a Protobuf client
+//! needs it, once, and shared the same way. No subscriber ever causes a
+//! serialization of its own.
+
+use std::sync::OnceLock;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -33,6 +38,9 @@ pub struct Encoded {
     /// The same bytes as a WebSocket text payload (validated once).
     pub ws_text: Utf8Bytes,
     pub_start: usize,
+    /// What the Protobuf encoding is made from.
+    source: Publication,
+    proto: OnceLock<super::protobuf::ProtoEncoded>,
 }
 
 const PUSH_PREFIX: &[u8] = b"{\"push\":";
@@ -47,6 +55,12 @@ impl Encoded {
     pub fn push_body(&self) -> Bytes {
         self.ws_push
             .slice(PUSH_PREFIX.len()..self.ws_push.len() - 1)
+    }
+
+    /// The Protobuf encoding, built on first use and then shared.
+    pub fn proto(&self) -> &super::protobuf::ProtoEncoded {
+        self.proto
+            .get_or_init(|| super::protobuf::encode(&self.channel, &self.source))
     }
 
     /// Where a reader is after this publication.
@@ -82,8 +96,7 @@ pub fn encode(channel: ChannelName, p: &Publication) -> Encoded {
     out.extend_from_slice(b",\"pub\":");
     let pub_start = out.len();
     out.extend_from_slice(b"{\"data\":");
-    let json = is_json_type(&p.content_type)
-        && serde_json::from_slice::<serde::de::IgnoredAny>(&p.data).is_ok();
+    let json = is_json_payload(p);
     if json {
         out.extend_from_slice(&p.data);
     } else {
@@ -114,18 +127,7 @@ pub fn encode(channel: ChannelName, p: &Publication) -> Encoded {
     }
     let user = p.headers.get(USER_HEADER);
     let client = p.headers.get(CLIENT_HEADER);
-    let mut tags: Vec<(&str, &str)> = p
-        .headers
-        .iter()
-        .filter(|(k, _)| k.as_str() != USER_HEADER && k.as_str() != CLIENT_HEADER)
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    if !p.event_type.is_empty() && !p.headers.contains_key("event_type") {
-        tags.push(("event_type", &p.event_type));
-    }
-    if !json && !p.content_type.is_empty() && !p.headers.contains_key("content_type") {
-        tags.push(("content_type", &p.content_type));
-    }
+    let mut tags = tags(p, json);
     if std::str::from_utf8(&p.data).is_err() && !json {
         tags.push(("encoding", "base64"));
     }
@@ -161,7 +163,34 @@ pub fn encode(channel: ChannelName, p: &Publication) -> Encoded {
         ws_push,
         ws_text,
         pub_start,
+        source: p.clone(),
+        proto: OnceLock::new(),
     }
+}
+
+/// Whether the payload goes to JSON clients as itself (JSON content type,
+/// and it parses).
+pub fn is_json_payload(p: &Publication) -> bool {
+    is_json_type(&p.content_type)
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&p.data).is_ok()
+}
+
+/// A publication's tags: its headers (without the publisher's identity),
+/// its event type, and its content type when the payload is not JSON.
+pub fn tags(p: &Publication, json: bool) -> Vec<(&str, &str)> {
+    let mut tags: Vec<(&str, &str)> = p
+        .headers
+        .iter()
+        .filter(|(k, _)| k.as_str() != USER_HEADER && k.as_str() != CLIENT_HEADER)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if !p.event_type.is_empty() && !p.headers.contains_key("event_type") {
+        tags.push(("event_type", &p.event_type));
+    }
+    if !json && !p.content_type.is_empty() && !p.headers.contains_key("content_type") {
+        tags.push(("content_type", &p.content_type));
+    }
+    tags
 }
 
 /// `{"push":{"channel":C,"join":{"info":I}}}` (or `leave`).
@@ -191,6 +220,8 @@ fn encode_presence(channel: ChannelName, kind: &str, p: &Publication) -> Encoded
         ws_push,
         ws_text,
         pub_start,
+        source: p.clone(),
+        proto: OnceLock::new(),
     }
 }
 

@@ -7,9 +7,12 @@ mod harness;
 
 mod auth;
 mod bad_input;
+mod bad_input_protobuf;
 mod browser;
 mod fanout;
 mod presence;
+mod protobuf;
 mod sdk_failover;
 mod shutdown;
 mod sse;
+mod sub_expiry;

@@ -3,12 +3,14 @@
 //! `Authorization: Bearer`). Missing → error 101; expired → error 109
 //! (the SDK fetches a new token); malformed or wrong key → disconnect 3500.
 
+use herald_proto::client_v2 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::{AuthError, Identity};
 use crate::client::{Client, unix_now};
 use crate::protocol::codes::{ClientError, Disconnect};
+use crate::protocol::format::ReplyBody;
 
 /// `connect` body.
 #[derive(Debug, Deserialize)]
@@ -37,6 +39,23 @@ struct Reply<'a> {
     ttl: Option<u32>,
     ping: u64,
     pong: bool,
+}
+
+impl ReplyBody for Reply<'_> {
+    fn method(&self) -> &'static str {
+        "connect"
+    }
+
+    fn into_proto(self, reply: &mut pb::Reply) {
+        reply.connect = Some(pb::ConnectResult {
+            client: self.client.to_string(),
+            version: self.version.to_string(),
+            expires: self.expires,
+            ttl: self.ttl.unwrap_or(0),
+            ping: self.ping as u32,
+            pong: self.pong,
+        });
+    }
 }
 
 /// Seconds until `exp`, at least 1.
@@ -99,7 +118,7 @@ impl Request {
             ping: client.edge.settings.limits.ping_interval.as_secs(),
             pong: true,
         };
-        client.reply(id, "connect", &reply);
+        client.reply(id, reply);
         client.identity = Some(identity);
         Ok(())
     }

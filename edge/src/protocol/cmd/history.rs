@@ -7,10 +7,10 @@ use serde::Deserialize;
 
 use crate::auth::Action;
 use crate::channel::ChannelName;
+use crate::channel::{Epoch, Offset, Position};
 use crate::client::Client;
 use crate::protocol::codes::{ClientError, Disconnect};
-use crate::protocol::frame::write_publications;
-use crate::protocol::publication::{encode, write_str};
+use crate::protocol::publication::encode;
 use crate::upstream::error_for_status;
 
 /// `since` of a history request.
@@ -62,6 +62,7 @@ impl Request {
         }
         let upstream = client.edge.upstream.clone();
         let outbox = client.outbox.clone();
+        let format = client.format;
         tokio::spawn(async move {
             let answer = async {
                 let mut publisher = upstream.publisher()?;
@@ -96,21 +97,13 @@ impl Request {
                         .map(|p| encode(channel.clone(), p))
                         .collect()
                 };
-                let mut out = Vec::with_capacity(128);
-                out.extend_from_slice(b"{\"id\":");
-                out.extend_from_slice(id.to_string().as_bytes());
-                out.extend_from_slice(b",\"history\":{\"publications\":");
-                write_publications(&mut out, pubs.iter());
-                out.extend_from_slice(b",\"epoch\":");
-                write_str(&mut out, &r.epoch);
-                out.extend_from_slice(b",\"offset\":");
-                out.extend_from_slice(r.offset.to_string().as_bytes());
-                out.extend_from_slice(b"}}");
-                Ok(bytes::Bytes::from(out))
+                let position = Position {
+                    epoch: Epoch::new(&r.epoch),
+                    offset: Offset(r.offset),
+                };
+                Ok(format.history_reply(id, &pubs, &position))
             };
-            let bytes = answer
-                .await
-                .unwrap_or_else(|e| crate::protocol::frame::error(id, &e));
+            let bytes = answer.await.unwrap_or_else(|e| format.error(id, &e));
             let _ = outbox.push(crate::outbox::Item::Frame(bytes));
         });
         Ok(())

@@ -1,11 +1,14 @@
 //! One module per client-protocol command: each defines the command's
-//! request body (parsed by [`super::frame`]) and how it applies itself to a
-//! [`Client`]. A command answers through the client's outbox; one that
+//! request body (parsed by [`super::frame`] from JSON or built by
+//! [`super::protobuf`]) and how it applies itself to a [`Client`]; its
+//! reply is one value that [`super::format`] writes in the client's
+//! format. A command answers through the client's outbox; one that
 //! needs the cluster (publish, history) does so from its own task, so a
 //! slow node never stalls the connection's delivery.
 
 use crate::client::Client;
 use crate::protocol::codes::{ClientError, Disconnect};
+use crate::protocol::format::EmptyReply;
 
 pub mod connect;
 pub mod history;
@@ -72,7 +75,7 @@ impl Command {
             Command::PresenceStats(r) => r.apply(id, client, true),
             Command::History(r) => r.apply(id, client),
             Command::Ping => {
-                client.reply(id, "ping", &serde_json::json!({}));
+                client.reply(id, EmptyReply::Ping);
                 Ok(())
             }
             Command::Send | Command::Pong => Ok(()),

@@ -3,12 +3,14 @@
 //! `PresenceStats`. Needs the `prs` capability (else 103) and a namespace
 //! with `presence = true` (else 108, not available).
 
-use serde::Deserialize;
+use herald_proto::client_v2 as pb;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::Action;
 use crate::channel::ChannelName;
 use crate::client::Client;
 use crate::protocol::codes::{ClientError, Disconnect};
+use crate::protocol::format::ReplyBody;
 use crate::upstream::error_for_status;
 
 /// Hang guard for the cluster-wide query.
@@ -36,6 +38,7 @@ impl Request {
         }
         let upstream = client.edge.upstream.clone();
         let outbox = client.outbox.clone();
+        let format = client.format;
         tokio::spawn(async move {
             let answer = async {
                 if !upstream.presence_enabled(&channel).await? {
@@ -47,39 +50,84 @@ impl Request {
                     channel: channel.to_string(),
                 };
                 let timeout = |_| ClientError::INTERNAL.temporary();
-                let body = if stats {
+                if stats {
                     let r = tokio::time::timeout(CALL_TIMEOUT, publisher.presence_stats(req))
                         .await
                         .map_err(timeout)?
                         .map_err(|s| error_for_status(&s))?
                         .into_inner();
-                    serde_json::json!({ "presence_stats": {
-                        "num_clients": r.num_clients,
-                        "num_users": r.num_users,
-                    }})
+                    let stats = StatsReply {
+                        num_clients: r.num_clients,
+                        num_users: r.num_users,
+                    };
+                    Ok(format.reply(id, stats))
                 } else {
                     let r = tokio::time::timeout(CALL_TIMEOUT, publisher.presence(req))
                         .await
                         .map_err(timeout)?
                         .map_err(|s| error_for_status(&s))?
                         .into_inner();
-                    let presence: serde_json::Map<String, serde_json::Value> = r
-                        .clients
-                        .iter()
-                        .map(|c| (c.client.clone(), info(c)))
-                        .collect();
-                    serde_json::json!({ "presence": { "presence": presence } })
-                };
-                let mut v = body;
-                v["id"] = id.into();
-                Ok(bytes::Bytes::from(v.to_string()))
+                    Ok(format.reply(id, PresenceReply(r.clients)))
+                }
             };
-            let bytes = answer
-                .await
-                .unwrap_or_else(|e| crate::protocol::frame::error(id, &e));
+            let bytes = answer.await.unwrap_or_else(|e| format.error(id, &e));
             let _ = outbox.push(crate::outbox::Item::Frame(bytes));
         });
         Ok(())
+    }
+}
+
+/// `presence_stats` result.
+#[derive(Serialize)]
+struct StatsReply {
+    num_clients: u32,
+    num_users: u32,
+}
+
+impl ReplyBody for StatsReply {
+    fn method(&self) -> &'static str {
+        "presence_stats"
+    }
+
+    fn into_proto(self, reply: &mut pb::Reply) {
+        reply.presence_stats = Some(pb::PresenceStatsResult {
+            num_clients: self.num_clients,
+            num_users: self.num_users,
+        });
+    }
+}
+
+/// `presence` result: `{"presence": {<client id>: <ClientInfo>}}`.
+struct PresenceReply(Vec<herald_proto::v1::ClientInfo>);
+
+impl Serialize for PresenceReply {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let presence: serde_json::Map<String, serde_json::Value> =
+            self.0.iter().map(|c| (c.client.clone(), info(c))).collect();
+        serde_json::json!({ "presence": presence }).serialize(s)
+    }
+}
+
+impl ReplyBody for PresenceReply {
+    fn method(&self) -> &'static str {
+        "presence"
+    }
+
+    fn into_proto(self, reply: &mut pb::Reply) {
+        let presence = self
+            .0
+            .into_iter()
+            .map(|c| {
+                let info = pb::ClientInfo {
+                    user: c.user,
+                    client: c.client.clone(),
+                    conn_info: c.conn_info,
+                    chan_info: c.chan_info,
+                };
+                (c.client, info)
+            })
+            .collect();
+        reply.presence = Some(pb::PresenceResult { presence });
     }
 }
 

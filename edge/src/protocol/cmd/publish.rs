@@ -6,24 +6,58 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::auth::Action;
 use crate::channel::ChannelName;
 use crate::client::Client;
 use crate::protocol::codes::{ClientError, Disconnect};
-use crate::protocol::frame;
+use crate::protocol::format::EmptyReply;
 use crate::protocol::publication::{CLIENT_HEADER, USER_HEADER};
 use crate::upstream::error_for_status;
+
+/// Content type of JSON payloads.
+const JSON: &str = "application/json";
+/// Content type of Protobuf-client payloads that are not JSON.
+const BINARY: &str = "application/octet-stream";
 
 /// `publish` body.
 #[derive(Debug, Deserialize)]
 pub struct Request {
     /// Channel name.
     pub channel: String,
-    /// The payload: any JSON value, stored as `application/json`.
-    pub data: Box<RawValue>,
+    /// The payload: from JSON clients any JSON value (its text), from
+    /// Protobuf clients any bytes.
+    #[serde(deserialize_with = "json_text")]
+    pub data: Bytes,
+    /// What the payload is stored as.
+    #[serde(skip, default = "json_type")]
+    pub content_type: &'static str,
+}
+
+fn json_type() -> &'static str {
+    JSON
+}
+
+fn json_text<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+    let raw = Box::<RawValue>::deserialize(d)?;
+    Ok(Bytes::copy_from_slice(raw.get().as_bytes()))
+}
+
+impl Request {
+    /// A publish from a Protobuf client: stored as `application/json` when
+    /// the bytes are JSON (so JSON subscribers see the value itself), else
+    /// as `application/octet-stream`.
+    pub fn binary(channel: String, data: Bytes) -> Self {
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok();
+        Self {
+            channel,
+            data,
+            content_type: if json { JSON } else { BINARY },
+        }
+    }
 }
 
 impl Request {
@@ -42,7 +76,8 @@ impl Request {
         let upstream = client.edge.upstream.clone();
         let outbox = client.outbox.clone();
         let client_id = client.client_id.clone();
-        let data = self.data.get().as_bytes().to_vec();
+        let format = client.format;
+        let (data, content_type) = (self.data, self.content_type);
         tokio::spawn(async move {
             let answer = async {
                 if !upstream.allows_client_publish(&channel).await? {
@@ -53,8 +88,8 @@ impl Request {
                 let req = herald_proto::v1::PublishRequest {
                     channel: channel.to_string(),
                     event_type: String::new(),
-                    data: data.into(),
-                    content_type: "application/json".into(),
+                    data,
+                    content_type: content_type.into(),
                     idempotency_key: String::new(),
                     headers: HashMap::from([
                         (USER_HEADER.to_string(), user),
@@ -68,8 +103,8 @@ impl Request {
                 Ok(())
             };
             let bytes = match answer.await {
-                Ok(()) => frame::reply(id, "publish", &serde_json::json!({})),
-                Err(e) => frame::error(id, &e),
+                Ok(()) => format.reply(id, EmptyReply::Publish),
+                Err(e) => format.error(id, &e),
             };
             let _ = outbox.push(crate::outbox::Item::Frame(bytes));
         });

@@ -3,12 +3,14 @@
 //! the old ones. An expired token is error 109, an invalid one or another
 //! user's disconnect 3500.
 
+use herald_proto::client_v2 as pb;
 use serde::{Deserialize, Serialize};
 
 use super::connect::ttl;
 use crate::auth::AuthError;
 use crate::client::Client;
 use crate::protocol::codes::{ClientError, Disconnect};
+use crate::protocol::format::ReplyBody;
 
 /// `refresh` body.
 #[derive(Debug, Deserialize)]
@@ -26,6 +28,21 @@ struct Reply<'a> {
     expires: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     ttl: Option<u32>,
+}
+
+impl ReplyBody for Reply<'_> {
+    fn method(&self) -> &'static str {
+        "refresh"
+    }
+
+    fn into_proto(self, reply: &mut pb::Reply) {
+        reply.refresh = Some(pb::RefreshResult {
+            client: self.client.to_string(),
+            version: self.version.to_string(),
+            expires: self.expires,
+            ttl: self.ttl.unwrap_or(0),
+        });
+    }
 }
 
 impl Request {
@@ -53,7 +70,7 @@ impl Request {
             expires: identity.expires_at.is_some(),
             ttl: identity.expires_at.map(ttl),
         };
-        client.reply(id, "refresh", &reply);
+        client.reply(id, reply);
         client.identity = Some(identity);
         Ok(())
     }

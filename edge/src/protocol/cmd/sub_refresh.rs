@@ -1,7 +1,9 @@
 //! `sub_refresh`: a new subscription token for a subscribed channel. It
-//! must verify and be for this channel and user; the reply carries its
-//! expiry.
+//! must verify and be for this channel and user; its expiry replaces the
+//! subscription's (enforced by the connection's task, see
+//! [`Client::expire_subscriptions`]) and the reply carries it.
 
+use herald_proto::client_v2 as pb;
 use serde::{Deserialize, Serialize};
 
 use super::connect::ttl;
@@ -9,6 +11,7 @@ use crate::auth::AuthError;
 use crate::channel::ChannelName;
 use crate::client::Client;
 use crate::protocol::codes::{ClientError, Disconnect};
+use crate::protocol::format::ReplyBody;
 
 /// `sub_refresh` body.
 #[derive(Debug, Deserialize)]
@@ -28,6 +31,19 @@ struct Reply {
     ttl: Option<u32>,
 }
 
+impl ReplyBody for Reply {
+    fn method(&self) -> &'static str {
+        "sub_refresh"
+    }
+
+    fn into_proto(self, reply: &mut pb::Reply) {
+        reply.sub_refresh = Some(pb::SubRefreshResult {
+            expires: self.expires,
+            ttl: self.ttl.unwrap_or(0),
+        });
+    }
+}
+
 impl Request {
     pub(super) fn apply(self, id: u32, client: &mut Client) -> Result<(), Disconnect> {
         let user = client.connected()?.user.clone();
@@ -41,11 +57,12 @@ impl Request {
         }
         match client.edge.settings.verifier.subscription(&self.token) {
             Ok(g) if g.channel == channel.as_str() && g.user == user => {
+                client.subscriptions.insert(channel, g.expires_at);
                 let reply = Reply {
                     expires: g.expires_at.is_some(),
                     ttl: g.expires_at.map(ttl),
                 };
-                client.reply(id, "sub_refresh", &reply);
+                client.reply(id, reply);
             }
             Ok(_) => client.error(id, &ClientError::PERMISSION_DENIED),
             Err(AuthError::Expired) => client.error(id, &ClientError::TOKEN_EXPIRED),

@@ -2,7 +2,9 @@
 //! offset)`. Allowed by the connection token's `sub` capability or by a
 //! subscription token for exactly this channel and user. The reply (with
 //! any recovered publications) is queued by the hub ahead of the channel's
-//! live publications.
+//! live publications; when the subscription token has `exp`, the reply
+//! carries `expires` and `ttl` and the subscription ends (unsubscribe push
+//! 2501) unless `sub_refresh` extends it in time.
 
 use serde::Deserialize;
 
@@ -45,9 +47,12 @@ impl Request {
             client.error(id, &ClientError::LIMIT_EXCEEDED);
             return Ok(());
         }
+        let mut expires_at = None;
         if !self.token.is_empty() {
             match client.edge.settings.verifier.subscription(&self.token) {
-                Ok(g) if g.channel == channel.as_str() && g.user == user => {}
+                Ok(g) if g.channel == channel.as_str() && g.user == user => {
+                    expires_at = g.expires_at;
+                }
                 Ok(_) => {
                     metrics::counter!("herald_edge_auth_failures_total", "reason" => "forbidden")
                         .increment(1);
@@ -75,7 +80,7 @@ impl Request {
             epoch: Epoch::new(&self.epoch),
             offset: Offset(self.offset),
         });
-        client.subscriptions.insert(channel.clone(), ());
+        client.subscriptions.insert(channel.clone(), expires_at);
         let hub = client.edge.hub.clone();
         hub.subscribe(&channel, client.id(), client.outbox.clone(), id, recover);
         client.join_presence(&channel);

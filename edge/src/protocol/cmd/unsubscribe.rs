@@ -6,6 +6,7 @@ use serde::Deserialize;
 use crate::channel::ChannelName;
 use crate::client::Client;
 use crate::protocol::codes::Disconnect;
+use crate::protocol::format::EmptyReply;
 
 /// `unsubscribe` body.
 #[derive(Debug, Deserialize)]
@@ -20,7 +21,7 @@ impl Request {
         if let Ok(channel) = ChannelName::new(&self.channel) {
             client.forget(&channel);
         }
-        client.reply(id, "unsubscribe", &serde_json::json!({}));
+        client.reply(id, EmptyReply::Unsubscribe);
         Ok(())
     }
 }
