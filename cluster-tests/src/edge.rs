@@ -153,6 +153,11 @@ impl EdgeProc {
         }
     }
 
+    /// `/readyz`'s status and body (`Err` while the edge does not answer).
+    pub async fn readyz(&self) -> std::io::Result<(u16, String)> {
+        http_get(self.http_addr(), "/readyz").await
+    }
+
     /// Wait (hang guard `within`) until the edge has a live EdgeLink.
     pub async fn wait_linked(&self, within: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + within;

@@ -11,6 +11,11 @@
 //! (unless the edge said `recovered: false`, which is recorded and counted),
 //! every publication is one that was sent to that channel at the offset its
 //! publisher was told, and the subscriber reached every acknowledged one.
+//!
+//! [`Tuning::crowd`] makes a subscriber cheap enough to run ten thousand in
+//! one process (small read buffer) and makes a crowd of them reconnect the
+//! way SDKs do, with randomised backoff, rather than in lockstep;
+//! [`Tally`] sums many records for a verdict line.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,8 +28,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::ledger::Ledger;
+use crate::rng::SplitMix64;
 
 /// Connect, handshake and subscribe replies must come within this long.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -45,6 +52,48 @@ pub struct SubscriberOptions {
     pub token: String,
     /// Channels to subscribe to.
     pub channels: Vec<String>,
+}
+
+/// How a subscriber connects and reconnects. [`Tuning::default`] is one
+/// attentive client; [`Tuning::crowd`] one of thousands.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// WebSocket read buffer; `None` keeps tungstenite's default (128 KiB,
+    /// zero-filled, too much for thousands of clients in one process).
+    pub read_buffer: Option<usize>,
+    /// First pause before reconnecting; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest pause between reconnects.
+    pub max_backoff: Duration,
+    /// Draw each pause uniformly from its upper half (seeded by the
+    /// subscriber's name), as the SDKs do so that a crowd disconnected at
+    /// once does not come back in lockstep; also before the first
+    /// reconnect after a session that worked.
+    pub jitter: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            read_buffer: None,
+            min_backoff: MIN_BACKOFF,
+            max_backoff: MAX_BACKOFF,
+            jitter: false,
+        }
+    }
+}
+
+impl Tuning {
+    /// One client of a crowd: a 4 KiB read buffer, and jittered backoff
+    /// from 200 ms up to 5 s.
+    pub fn crowd() -> Self {
+        Self {
+            read_buffer: Some(4096),
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            jitter: true,
+        }
+    }
 }
 
 /// One entry of a channel's log, in the order the client saw it.
@@ -133,6 +182,55 @@ impl Record {
             .count()
     }
 
+    /// The bodies of the HTTP refusals of WebSocket handshakes (an edge
+    /// refusing before the upgrade: `{"code":..,"message":..}`), with
+    /// their status, e.g. `503 {"code":3504,...}`.
+    pub fn refusals(&self) -> Vec<&str> {
+        self.disconnects
+            .iter()
+            .filter_map(|d| d.split_once(REFUSED).map(|(_, r)| r))
+            .collect()
+    }
+
+    /// One line per resubscribe answered `recovered: false`: the channel,
+    /// the position the client asked to recover from, and the position the
+    /// edge answered with (behind the client: the edge lagged the client's
+    /// previous edge; far ahead: the client missed more than the edge
+    /// recovers).
+    pub fn not_recovered_explained(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (channel, events) in &self.channels {
+            let mut at: Option<(&str, u64)> = None;
+            for e in events {
+                match e {
+                    Event::Subscribed {
+                        epoch,
+                        offset,
+                        recovering,
+                        recovered,
+                    } => {
+                        if *recovering && !*recovered {
+                            let (from_epoch, from) = at.unwrap_or(("", 0));
+                            lines.push(format!(
+                                "subscriber {} {channel}: recovering from {from} (epoch {from_epoch:?}), \
+                                 the edge answered offset {offset} (epoch {epoch:?})",
+                                self.name
+                            ));
+                        }
+                        let keep = at.map_or(0, |(_, o)| o);
+                        at = Some((epoch, keep.max(*offset)));
+                    }
+                    Event::Publication { offset, .. } => {
+                        if let Some(p) = at.as_mut() {
+                            p.1 = p.1.max(*offset);
+                        }
+                    }
+                }
+            }
+        }
+        lines
+    }
+
     /// Resubscribes the edge answered with `recovered: true`.
     pub fn recovered(&self) -> usize {
         self.channels
@@ -152,6 +250,9 @@ impl Record {
     }
 }
 
+/// How a refused handshake is recorded in [`Record::disconnects`].
+const REFUSED: &str = "handshake refused: HTTP ";
+
 /// A running subscriber task.
 #[derive(Debug)]
 pub struct Subscriber {
@@ -165,6 +266,11 @@ impl Subscriber {
     /// Start the subscriber; it connects, subscribes and keeps reconnecting
     /// until [`Subscriber::stop`].
     pub fn spawn(opts: SubscriberOptions) -> Self {
+        Self::spawn_with(opts, Tuning::default())
+    }
+
+    /// [`Subscriber::spawn`] with `tuning`.
+    pub fn spawn_with(opts: SubscriberOptions, tuning: Tuning) -> Self {
         assert!(!opts.urls.is_empty(), "a subscriber needs an edge URL");
         let record = Arc::new(Mutex::new(Record {
             name: opts.name.clone(),
@@ -172,7 +278,7 @@ impl Subscriber {
         }));
         let (stop, stopped) = watch::channel(false);
         let channels = opts.channels.clone();
-        let task = tokio::spawn(run(opts, record.clone(), stopped));
+        let task = tokio::spawn(run(opts, tuning, record.clone(), stopped));
         Self {
             channels,
             record,
@@ -267,10 +373,14 @@ impl Subscriber {
 
 async fn run(
     opts: SubscriberOptions,
+    tuning: Tuning,
     record: Arc<Mutex<Record>>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut backoff = MIN_BACKOFF;
+    let mut rng = SplitMix64::new(opts.name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }));
+    let mut backoff = tuning.min_backoff;
     for attempt in 0usize.. {
         if *stopped.borrow() {
             return;
@@ -283,7 +393,7 @@ async fn run(
             connected: false,
         };
         let outcome = tokio::select! {
-            r = session.run(url) => r,
+            r = session.run(url, tuning.read_buffer) => r,
             _ = stopped.wait_for(|s| *s) => return,
         };
         let why = match outcome {
@@ -297,12 +407,18 @@ async fn run(
             .disconnects
             .push(format!("{url}: {why}"));
         backoff = if connected {
-            MIN_BACKOFF
+            tuning.min_backoff
         } else {
-            (backoff * 2).min(MAX_BACKOFF)
+            (backoff * 2).min(tuning.max_backoff)
+        };
+        let pause = if tuning.jitter {
+            let half = backoff.as_millis() as u64 / 2;
+            Duration::from_millis(half + rng.between(0..=half))
+        } else {
+            backoff
         };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
     }
@@ -319,20 +435,37 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// Returns why the session ended (a close, a disconnect push, an error).
-    async fn run(&mut self, url: &str) -> anyhow::Result<String> {
+    async fn run(&mut self, url: &str, read_buffer: Option<usize>) -> anyhow::Result<String> {
         let authority = url
             .strip_prefix("ws://")
             .and_then(|rest| rest.split('/').next())
             .ok_or_else(|| anyhow!("not a ws:// URL: {url}"))?;
+        let config = read_buffer.map(|size| WebSocketConfig::default().read_buffer_size(size));
         let handshake = async {
             let tcp = tokio::net::TcpStream::connect(authority).await?;
             tcp.set_nodelay(true)?;
-            anyhow::Ok(tokio_tungstenite::client_async(url, tcp).await?)
+            anyhow::Ok(tokio_tungstenite::client_async_with_config(url, tcp, config).await)
         };
-        let (mut ws, _) = tokio::time::timeout(STEP_TIMEOUT, handshake)
+        let handshake = tokio::time::timeout(STEP_TIMEOUT, handshake)
             .await
             .map_err(|_| anyhow!("WebSocket handshake timed out"))?
             .context("WebSocket handshake")?;
+        let (mut ws, _) = match handshake {
+            Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(refusal)) => {
+                let body = refusal
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                return Ok(format!(
+                    "{REFUSED}{} {}",
+                    refusal.status().as_u16(),
+                    body.trim()
+                ));
+            }
+            Err(e) => return Err(anyhow!(e).context("WebSocket handshake")),
+        };
         let connect =
             json!({"id": 1, "connect": {"token": self.opts.token, "name": self.opts.name}});
         ws.send(Message::text(connect.to_string())).await?;
@@ -516,6 +649,64 @@ pub fn check_subscriber(ledger: &Ledger, record: &Record) -> Vec<String> {
     violations
 }
 
+/// What many subscribers saw, summed for a verdict line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Subscribers counted.
+    pub subscribers: usize,
+    /// Publications received (recovered ones included).
+    pub received: usize,
+    /// Sessions that completed the connect handshake.
+    pub sessions: u64,
+    /// Resubscribes answered `recovered: true`.
+    pub recovered: usize,
+    /// Resubscribes answered `recovered: false`.
+    pub not_recovered: usize,
+}
+
+impl Tally {
+    /// Count one subscriber's record.
+    pub fn add(&mut self, record: &Record) {
+        self.subscribers += 1;
+        self.received += record.received();
+        self.sessions += record.sessions;
+        self.recovered += record.recovered();
+        self.not_recovered += record.not_recovered();
+    }
+}
+
+/// The end of a scenario's subscribers: wait (hang guard `within`, shared)
+/// until each has reached the newest acknowledged offset of every channel
+/// it subscribed to, stop it, and check its record ([`check_subscriber`]).
+/// Returns the tally, every violation (a subscriber that never caught up
+/// is one), and the records.
+pub async fn finish_subscribers(
+    subscribers: Vec<Subscriber>,
+    ledger: &Ledger,
+    within: Duration,
+) -> (Tally, Vec<String>, Vec<Record>) {
+    let deadline = Instant::now() + within;
+    let mut tally = Tally::default();
+    let mut violations = Vec::new();
+    let mut records = Vec::with_capacity(subscribers.len());
+    for s in subscribers {
+        let newest: BTreeMap<String, u64> = s
+            .channels
+            .iter()
+            .filter_map(|c| Some((c.clone(), ledger.newest_acked_offset(c)?)))
+            .collect();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = s.wait_for(&newest, left).await {
+            violations.push(format!("{e:#}"));
+        }
+        let record = s.stop().await;
+        tally.add(&record);
+        violations.extend(check_subscriber(ledger, &record));
+        records.push(record);
+    }
+    (tally, violations, records)
+}
+
 fn check_identity(
     ledger: &Ledger,
     who: &str,
@@ -630,6 +821,35 @@ mod tests {
     }
 
     #[test]
+    fn refusals_and_tallies_count_what_each_record_saw() {
+        let mut r = record(vec![
+            sub(0, false, false),
+            publ(1, 101),
+            sub(1, true, true),
+            sub(1, true, false),
+        ]);
+        r.sessions = 3;
+        r.disconnects = vec![
+            "ws://e/connection/websocket: read error: reset".into(),
+            format!("ws://e/connection/websocket: {REFUSED}503 {{\"code\":3504}}"),
+        ];
+        assert_eq!(r.refusals(), vec!["503 {\"code\":3504}"]);
+        let mut tally = Tally::default();
+        tally.add(&r);
+        tally.add(&r);
+        assert_eq!(
+            tally,
+            Tally {
+                subscribers: 2,
+                received: 2,
+                sessions: 6,
+                recovered: 2,
+                not_recovered: 2,
+            }
+        );
+    }
+
+    #[test]
     fn recovered_false_restarts_the_stream_and_is_counted() {
         let mut ledger = Ledger::default();
         for i in 1..=6 {
@@ -643,5 +863,13 @@ mod tests {
         ]);
         assert_eq!(check_subscriber(&ledger, &r), Vec::<String>::new());
         assert_eq!(r.not_recovered(), 1);
+        assert_eq!(
+            r.not_recovered_explained(),
+            vec![
+                "subscriber s c: recovering from 1 (epoch \"e\"), the edge answered offset 5 \
+                 (epoch \"e\")"
+                    .to_string()
+            ]
+        );
     }
 }

@@ -5,6 +5,7 @@
 use std::io::Write;
 
 use crate::ledger::{Ledger, assert_no_violations};
+use crate::subscriber::Tally;
 
 /// Print `line` on the process's real stderr, past the test harness's
 /// output capture, so CI shows it for passing tests too (verdicts, skips,
@@ -56,6 +57,16 @@ impl Verdict {
     pub fn fact(mut self, key: &str, value: impl std::fmt::Display) -> Self {
         self.facts.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// Add what the subscribers saw (`subscribers`, `received`,
+    /// `sessions`, `recovered`, `not_recovered`) to the printed line.
+    pub fn subscribers(self, tally: &Tally) -> Self {
+        self.fact("subscribers", tally.subscribers)
+            .fact("received", tally.received)
+            .fact("sessions", tally.sessions)
+            .fact("recovered", tally.recovered)
+            .fact("not_recovered", tally.not_recovered)
     }
 
     /// Add a violation found outside the history check.

@@ -20,17 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use herald_cluster_tests::load::{Load, LoadSpec};
 use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, announce, clock, ledger};
 
+use crate::Unacknowledged;
+
 const SCENARIO: &str = "clock_jump";
-
-const POLICY: &str = r#"
-[limits]
-idempotency_window_secs = 900
-max_history_limit = 10000
-
-[namespaces.cj]
-history_size = 10000
-history_ttl_secs = 0
-"#;
 
 const PROBE_ID: u64 = 1_000_000_000;
 const PROBE_CHANNEL: &str = "cj:probe";
@@ -60,7 +52,7 @@ async fn leader_clock_jump_keeps_history_and_idempotency() {
     }
     let opts = ClusterOptions {
         clock_control: true,
-        ..ClusterOptions::default().with_policy(POLICY)
+        ..ClusterOptions::default().with_policy(crate::policy("cj", 900))
     };
     let mut cluster = Cluster::start(3, opts).await.unwrap();
     let ids = cluster.ids();
@@ -158,13 +150,9 @@ async fn leader_clock_jump_keeps_history_and_idempotency() {
     load.wait_acked_more(200, "after the clock stepped back")
         .await;
 
-    load.stop();
-    let (ledger, retries) = load.finish().await;
-    cluster
-        .wait_converged(Duration::from_secs(60))
-        .await
-        .unwrap();
-    violations.extend(ledger::verify_every_node(&cluster, &ledger, &ids, 10_000).await);
+    let (ledger, retries, found) =
+        crate::finish_load(&mut cluster, load, Unacknowledged::Fail).await;
+    violations.extend(found);
     Verdict::new(SCENARIO, &ledger, retries, violations)
         .fact("jumped", format!("{jumped}(+1h)"))
         .fact("ahead_ms", ahead_ms)

@@ -8,19 +8,11 @@
 use std::time::{Duration, Instant};
 
 use herald_cluster_tests::load::{Load, LoadSpec};
-use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, ledger};
+use herald_cluster_tests::{Cluster, ClusterOptions, Verdict};
+
+use crate::Unacknowledged;
 
 const SCENARIO: &str = "isolated_follower";
-
-const POLICY: &str = r#"
-[limits]
-idempotency_window_secs = 900
-max_history_limit = 10000
-
-[namespaces.if]
-history_size = 10000
-history_ttl_secs = 0
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_follower_catches_up_to_an_identical_history() {
@@ -29,7 +21,7 @@ async fn isolated_follower_catches_up_to_an_identical_history() {
     }
     let opts = ClusterOptions {
         snapshot_every: Some(100),
-        ..ClusterOptions::default().with_policy(POLICY)
+        ..ClusterOptions::default().with_policy(crate::policy("if", 900))
     };
     let mut cluster = Cluster::start_isolated(3, opts).await.unwrap();
     let ids = cluster.ids();
@@ -102,13 +94,8 @@ async fn isolated_follower_catches_up_to_an_identical_history() {
     );
     load.wait_acked_more(200, "after the follower caught up")
         .await;
-    load.stop();
-    let (ledger, retries) = load.finish().await;
-    cluster
-        .wait_converged(Duration::from_secs(60))
-        .await
-        .unwrap();
-    let mut violations = ledger::verify_every_node(&cluster, &ledger, &ids, 10_000).await;
+    let (ledger, retries, mut violations) =
+        crate::finish_load(&mut cluster, load, Unacknowledged::Fail).await;
     if caught_up.snapshot_index <= applied_at_cut {
         violations.push(format!(
             "follower {follower} caught up without a snapshot past {applied_at_cut} \

@@ -18,17 +18,9 @@ use std::time::Duration;
 use herald_cluster_tests::load::{Load, LoadSpec};
 use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, ledger, reason_of};
 
+use crate::Unacknowledged;
+
 const SCENARIO: &str = "isolated_leader";
-
-const POLICY: &str = r#"
-[limits]
-idempotency_window_secs = 900
-max_history_limit = 10000
-
-[namespaces.il]
-history_size = 10000
-history_ttl_secs = 0
-"#;
 
 /// Probe publication ids: far above anything the load reaches.
 const PROBE_BASE: u64 = 1_000_000_000;
@@ -40,9 +32,12 @@ async fn isolated_leader_acknowledges_nothing_and_the_majority_moves_on() {
     if !crate::network_or_skip(SCENARIO) {
         return;
     }
-    let mut cluster = Cluster::start_isolated(3, ClusterOptions::default().with_policy(POLICY))
-        .await
-        .unwrap();
+    let mut cluster = Cluster::start_isolated(
+        3,
+        ClusterOptions::default().with_policy(crate::policy("il", 900)),
+    )
+    .await
+    .unwrap();
     let ids = cluster.ids();
     let spec = LoadSpec {
         namespace: "il",
@@ -121,15 +116,10 @@ async fn isolated_leader_acknowledges_nothing_and_the_majority_moves_on() {
         .unwrap();
     let rejoined = cluster.status(old).await.unwrap();
     load.wait_acked_more(200, "after healing").await;
-    load.stop();
-    let (mut ledger, mut retries) = load.finish().await;
-    retries += crate::settle_unacknowledged(&cluster, &mut ledger, Duration::from_secs(60)).await;
-    cluster
-        .wait_converged(Duration::from_secs(60))
-        .await
-        .unwrap();
-
-    let mut violations = ledger::verify_every_node(&cluster, &ledger, &ids, 10_000).await;
+    // The probes failed on purpose: retried with their keys, each is
+    // stored once.
+    let (ledger, retries, mut violations) =
+        crate::finish_load(&mut cluster, load, Unacknowledged::Retry).await;
     for (id, offset) in &acked_by_minority {
         violations.push(format!(
             "the cut-off leader {old} acknowledged probe {id} at offset {offset} during the partition"

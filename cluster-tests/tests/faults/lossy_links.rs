@@ -20,7 +20,9 @@
 use std::time::Duration;
 
 use herald_cluster_tests::load::{Load, LoadSpec};
-use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, ledger};
+use herald_cluster_tests::{Cluster, ClusterOptions, Verdict};
+
+use crate::Unacknowledged;
 
 const SCENARIO: &str = "lossy_links";
 
@@ -28,16 +30,6 @@ const NETEM: &str = "loss 20% delay 100ms";
 
 /// Five times the impaired round trip.
 const HEARTBEAT_MS: u64 = 1000;
-
-const POLICY: &str = r#"
-[limits]
-idempotency_window_secs = 900
-max_history_limit = 10000
-
-[namespaces.ll]
-history_size = 10000
-history_ttl_secs = 0
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_continues_with_loss_and_delay_on_every_peer_link() {
@@ -47,7 +39,7 @@ async fn progress_continues_with_loss_and_delay_on_every_peer_link() {
     let opts = ClusterOptions {
         heartbeat_ms: HEARTBEAT_MS,
         election_timeout_ms: 5 * HEARTBEAT_MS,
-        ..ClusterOptions::default().with_policy(POLICY)
+        ..ClusterOptions::default().with_policy(crate::policy("ll", 900))
     };
     let mut cluster = Cluster::start_isolated(3, opts).await.unwrap();
     let ids = cluster.ids();
@@ -86,13 +78,8 @@ async fn progress_continues_with_loss_and_delay_on_every_peer_link() {
     }
 
     load.wait_acked_more(100, "after the links recovered").await;
-    load.stop();
-    let (ledger, retries) = load.finish().await;
-    cluster
-        .wait_converged(Duration::from_secs(60))
-        .await
-        .unwrap();
-    let violations = ledger::verify_every_node(&cluster, &ledger, &ids, 10_000).await;
+    let (ledger, retries, violations) =
+        crate::finish_load(&mut cluster, load, Unacknowledged::Fail).await;
     Verdict::new(SCENARIO, &ledger, retries, violations)
         .fact("netem", NETEM.replace(' ', "_"))
         .fact("acked_while_impaired", acked_impaired)

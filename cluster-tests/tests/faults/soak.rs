@@ -1,15 +1,26 @@
-//! All faults mixed at random, under load, for minutes: SIGKILL and restart,
-//! SIGSTOP and SIGCONT, SIGTERM and restart, a node cut off from the others,
-//! a link cut one way, and loss and delay on a node's links. One fault at a
-//! time, each held for a few seconds and then healed, so a majority is
-//! always there to be found; which fault, which node and for how long all
-//! come from one seed.
+//! All faults mixed at random, under load, for minutes. On the nodes:
+//! SIGKILL and restart, SIGSTOP and SIGCONT, SIGTERM and restart, a node cut
+//! off from the others, a link cut one way, and loss and delay on a node's
+//! links. On the two edges: SIGKILL and restart, SIGSTOP and SIGCONT,
+//! SIGTERM and restart, the edge cut off from the node its EdgeLink is on,
+//! and the edge cut off from every node. One fault at a time, each held for
+//! a few seconds and then healed, so a majority and an edge are always
+//! there to be found; which fault, which node or edge and for how long all
+//! come from one seed (the node an edge is linked to is whichever it is
+//! when the fault strikes).
+//!
+//! Four recording subscribers, spread over both edges, listen to the
+//! load's channels throughout; when their edge goes they reconnect to the
+//! other one and resubscribe with `recover`.
 //!
 //! The seed is printed first (`HERALD_SOAK_SEED` replays its schedule of
 //! faults; timing still varies with the machine), the run lasts
 //! `HERALD_SOAK_SECS` (180 unless set; longer as an opt-in), and it ends, like
-//! every scenario, with the checker's verdict over everything acknowledged:
-//! guarantees 1 and 5 across every fault in the schedule.
+//! every scenario, with the checker's verdict over everything acknowledged
+//! (guarantees 1 and 5 across every fault in the schedule) and over what
+//! every subscriber received (2 and 3: each acknowledged publication once,
+//! in order; no fault lasts long enough to leave the history window, so a
+//! `recovered: false` is a violation).
 //!
 //! Netem delays stay under 40 ms here so a round trip stays under the
 //! 150 ms heartbeat (openraft's AppendEntries timeout, see `lossy_links`).
@@ -17,21 +28,21 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use herald_cluster_tests::edge::EdgeProc;
 use herald_cluster_tests::load::{Load, LoadSpec};
 use herald_cluster_tests::rng::SplitMix64;
-use herald_cluster_tests::{Cluster, ClusterOptions, Network, Verdict, announce, ledger};
+use herald_cluster_tests::subscriber::{Tuning, finish_subscribers};
+use herald_cluster_tests::{Cluster, ClusterOptions, Network, Verdict, announce};
+
+use crate::Unacknowledged;
 
 const SCENARIO: &str = "soak";
 
-const POLICY: &str = r#"
-[limits]
-idempotency_window_secs = 3600
-max_history_limit = 10000
+/// The edges and the nodes each links to, in order.
+const EDGES: [(u64, [u64; 3]); 2] = [(101, [1, 2, 3]), (102, [2, 3, 1])];
 
-[namespaces.sk]
-history_size = 10000
-history_ttl_secs = 0
-"#;
+/// Channels per subscriber at most (`--max-channels-per-connection` is 128).
+const SUBSCRIBED_CHANNELS: usize = 100;
 
 /// One fault of the schedule.
 #[derive(Debug, Clone)]
@@ -48,6 +59,17 @@ enum Fault {
     OneWay(u64, u64),
     /// Netem on the node's peer links.
     Netem(u64, String),
+    /// SIGKILL of an edge, restart when healed.
+    EdgeKill(u64),
+    /// SIGSTOP of an edge, SIGCONT when healed.
+    EdgePause(u64),
+    /// SIGTERM of an edge (must exit cleanly), restart when healed.
+    EdgeTerminate(u64),
+    /// The edge cut off, both ways, from the node its EdgeLink is on when
+    /// the fault strikes (or from the first node of its list if unlinked).
+    EdgeCutLinked(u64),
+    /// The edge cut off from every node, both ways.
+    EdgeIsolate(u64),
 }
 
 impl Fault {
@@ -59,6 +81,11 @@ impl Fault {
             Fault::Isolate(_) => "isolate",
             Fault::OneWay(..) => "oneway",
             Fault::Netem(..) => "netem",
+            Fault::EdgeKill(_) => "edge_kill",
+            Fault::EdgePause(_) => "edge_pause",
+            Fault::EdgeTerminate(_) => "edge_terminate",
+            Fault::EdgeCutLinked(_) => "edge_cut",
+            Fault::EdgeIsolate(_) => "edge_isolate",
         }
     }
 }
@@ -66,16 +93,41 @@ impl Fault {
 /// The next fault, how long it is held, and the pause after healing it.
 fn next_step(rng: &mut SplitMix64, ids: &[u64], network: bool) -> (Fault, Duration, Duration) {
     let kinds: &[&str] = if network {
-        &["kill", "pause", "terminate", "isolate", "oneway", "netem"]
+        &[
+            "kill",
+            "pause",
+            "terminate",
+            "isolate",
+            "oneway",
+            "netem",
+            "edge_kill",
+            "edge_pause",
+            "edge_terminate",
+            "edge_cut",
+            "edge_isolate",
+        ]
     } else {
-        &["kill", "pause", "terminate"]
+        &[
+            "kill",
+            "pause",
+            "terminate",
+            "edge_kill",
+            "edge_pause",
+            "edge_terminate",
+        ]
     };
     let node = *rng.pick(ids);
+    let edge = rng.pick(&EDGES).0;
     let fault = match *rng.pick(kinds) {
         "kill" => Fault::Kill(node),
         "pause" => Fault::Pause(node),
         "terminate" => Fault::Terminate(node),
         "isolate" => Fault::Isolate(node),
+        "edge_kill" => Fault::EdgeKill(edge),
+        "edge_pause" => Fault::EdgePause(edge),
+        "edge_terminate" => Fault::EdgeTerminate(edge),
+        "edge_cut" => Fault::EdgeCutLinked(edge),
+        "edge_isolate" => Fault::EdgeIsolate(edge),
         "oneway" => {
             let others: Vec<u64> = ids.iter().copied().filter(|&id| id != node).collect();
             Fault::OneWay(node, *rng.pick(&others))
@@ -103,21 +155,35 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
-async fn inject(cluster: &mut Cluster, fault: &Fault) -> Result<(), String> {
+fn edge_mut(edges: &mut [EdgeProc], id: u64) -> &mut EdgeProc {
+    edges
+        .iter_mut()
+        .find(|e| e.id() == id)
+        .expect("faults name harness edges")
+}
+
+fn terminated(what: String, exit: std::io::Result<std::process::ExitStatus>) -> Result<(), String> {
+    let status = exit.map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} exited with {status} on SIGTERM"))
+    }
+}
+
+async fn inject(
+    cluster: &mut Cluster,
+    edges: &mut [EdgeProc],
+    fault: &Fault,
+) -> Result<(), String> {
+    // A node steps down within 5 s and an edge gives its clients 5 s.
+    let grace = Duration::from_secs(15);
     match fault {
         Fault::Kill(id) => cluster.node_mut(*id).kill().map_err(|e| e.to_string()),
         Fault::Pause(id) => cluster.node_mut(*id).pause().map_err(|e| e.to_string()),
         Fault::Terminate(id) => {
-            let status = cluster
-                .node_mut(*id)
-                .terminate(Duration::from_secs(30))
-                .await
-                .map_err(|e| e.to_string())?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(format!("node {id} exited with {status} on SIGTERM"))
-            }
+            let exit = cluster.node_mut(*id).terminate(grace).await;
+            terminated(format!("node {id}"), exit)
         }
         Fault::Isolate(id) => {
             let others: Vec<u64> = cluster.ids().into_iter().filter(|o| o != id).collect();
@@ -131,16 +197,71 @@ async fn inject(cluster: &mut Cluster, fault: &Fault) -> Result<(), String> {
             .partition_oneway(*from, *to)
             .map_err(|e| format!("{e:#}")),
         Fault::Netem(id, spec) => cluster.net().netem(*id, spec).map_err(|e| format!("{e:#}")),
+        Fault::EdgeKill(id) => edge_mut(edges, *id)
+            .process()
+            .kill()
+            .map_err(|e| e.to_string()),
+        Fault::EdgePause(id) => edge_mut(edges, *id)
+            .process()
+            .pause()
+            .map_err(|e| e.to_string()),
+        Fault::EdgeTerminate(id) => {
+            let exit = edge_mut(edges, *id).process().terminate(grace).await;
+            terminated(format!("edge {id}"), exit)
+        }
+        Fault::EdgeCutLinked(id) => {
+            let edge = edge_mut(edges, *id);
+            let first = EDGES.iter().find(|(e, _)| e == id).map_or(1, |(_, n)| n[0]);
+            let node = crate::linked_node(cluster, edge).await.unwrap_or(first);
+            eprintln!("soak: edge {id} is cut off from node {node}");
+            cluster
+                .net()
+                .partition(&[*id], &[node])
+                .map_err(|e| format!("{e:#}"))
+        }
+        Fault::EdgeIsolate(id) => cluster
+            .net()
+            .partition(&[*id], &cluster.ids())
+            .map_err(|e| format!("{e:#}")),
     }
 }
 
-fn heal(cluster: &mut Cluster, fault: &Fault) {
+fn heal(cluster: &mut Cluster, edges: &mut [EdgeProc], fault: &Fault) {
     match fault {
         Fault::Kill(id) | Fault::Terminate(id) => cluster.node_mut(*id).restart().unwrap(),
         Fault::Pause(id) => cluster.node_mut(*id).resume().unwrap(),
-        Fault::Isolate(_) | Fault::OneWay(..) => cluster.net().heal().unwrap(),
+        Fault::Isolate(_) | Fault::OneWay(..) | Fault::EdgeCutLinked(_) | Fault::EdgeIsolate(_) => {
+            cluster.net().heal().unwrap()
+        }
         Fault::Netem(id, _) => cluster.net().clear_netem(*id).unwrap(),
+        Fault::EdgeKill(id) | Fault::EdgeTerminate(id) => {
+            edge_mut(edges, *id).process().restart().unwrap()
+        }
+        Fault::EdgePause(id) => edge_mut(edges, *id).process().resume().unwrap(),
     }
+}
+
+/// Processes (nodes and edges) that exited on their own.
+fn crashed(cluster: &mut Cluster, edges: &mut [EdgeProc]) -> Vec<String> {
+    let mut found = Vec::new();
+    for id in cluster.ids() {
+        if let Some(status) = cluster.node_mut(id).unexpected_exit() {
+            found.push(format!(
+                "node {id} exited on its own ({status}); its log: {}",
+                cluster.node(id).log_tail(3).replace('\n', " | ")
+            ));
+        }
+    }
+    for edge in edges {
+        if let Some(status) = edge.process().unexpected_exit() {
+            found.push(format!(
+                "edge {} exited on its own ({status}); its log: {}",
+                edge.id(),
+                edge.log_tail(3).replace('\n', " | ")
+            ));
+        }
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +289,7 @@ async fn random_faults_from_a_seed_under_load() {
         heartbeat_ms: 150,
         election_timeout_ms: 1000,
         snapshot_every: Some(500),
-        ..ClusterOptions::default().with_policy(POLICY)
+        ..ClusterOptions::default().with_policy(crate::policy("sk", 3600))
     };
     let mut cluster = if network {
         Cluster::start_isolated(3, opts).await.unwrap()
@@ -179,6 +300,14 @@ async fn random_faults_from_a_seed_under_load() {
         cluster.net().set_seed(seed);
     }
     let ids = cluster.ids();
+    let mut edges = Vec::new();
+    for (id, nodes) in EDGES {
+        edges.push(
+            EdgeProc::start(&mut cluster, id, &nodes, &[])
+                .await
+                .unwrap(),
+        );
+    }
     let spec = LoadSpec {
         namespace: "sk",
         channels,
@@ -188,6 +317,12 @@ async fn random_faults_from_a_seed_under_load() {
         attempt_timeout: Duration::from_secs(3),
         patience: Duration::from_secs(120),
     };
+    let subscribed: Vec<String> = crate::channels_of(&spec)
+        .into_iter()
+        .take(SUBSCRIBED_CHANNELS)
+        .collect();
+    let urls: Vec<String> = edges.iter().map(EdgeProc::ws_url).collect();
+    let subscribers = crate::subscribers("s", 4, &urls, &subscribed, Tuning::default()).await;
     let load = Load::start(&cluster, &ids, spec);
     load.wait_acked_more(100, "before the first fault").await;
 
@@ -205,30 +340,25 @@ async fn random_faults_from_a_seed_under_load() {
             start.elapsed().as_secs_f64(),
             load.acked()
         );
-        if let Err(e) = inject(&mut cluster, &fault).await {
+        if let Err(e) = inject(&mut cluster, &mut edges, &fault).await {
             violations.push(format!("step {steps} {fault:?}: {e}"));
         }
         *counts.entry(fault.kind()).or_default() += 1;
         tokio::time::sleep(hold).await;
-        heal(&mut cluster, &fault);
+        heal(&mut cluster, &mut edges, &fault);
         tokio::time::sleep(gap).await;
-        let crashed: Vec<String> = ids
-            .iter()
-            .filter_map(|&id| {
-                let status = cluster.node_mut(id).unexpected_exit()?;
-                Some(format!(
-                    "node {id} exited on its own ({status}) after step {steps} {fault:?}; its log: {}",
-                    cluster.node(id).log_tail(3).replace('\n', " | ")
-                ))
-            })
-            .collect();
+        let crashed = crashed(&mut cluster, &mut edges);
         if !crashed.is_empty() {
-            // The schedule assumes three nodes; a node that cannot come
-            // back ends the soak, with what the load saw so far.
+            // The schedule assumes every process can come back; one that
+            // cannot ends the soak, with what the load saw so far.
             load.stop();
             let (ledger, retries) = load.finish().await;
             let mut violations = violations;
-            violations.extend(crashed);
+            violations.extend(
+                crashed
+                    .into_iter()
+                    .map(|c| format!("{c} (after step {steps} {fault:?})")),
+            );
             Verdict::new(SCENARIO, &ledger, retries, violations)
                 .fact("seed", seed)
                 .fact("secs", secs)
@@ -243,20 +373,23 @@ async fn random_faults_from_a_seed_under_load() {
         .wait_for_leader(Duration::from_secs(120))
         .await
         .unwrap();
+    for edge in &edges {
+        edge.wait_linked(Duration::from_secs(60)).await.unwrap();
+    }
     load.wait_acked_more(100, "after the last fault").await;
-    load.stop();
-    let (mut ledger, mut retries) = load.finish().await;
-    retries += crate::settle_unacknowledged(&cluster, &mut ledger, Duration::from_secs(60)).await;
-    cluster
-        .wait_converged(Duration::from_secs(120))
-        .await
-        .unwrap();
-    violations.extend(ledger::verify_every_node(&cluster, &ledger, &ids, 10_000).await);
+    let (ledger, retries, found) =
+        crate::finish_load(&mut cluster, load, Unacknowledged::Retry).await;
+    violations.extend(found);
+    let (tally, found, records) =
+        finish_subscribers(subscribers, &ledger, Duration::from_secs(180)).await;
+    violations.extend(found);
+    violations.extend(crate::unexpected_not_recovered(&records));
     let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{k}:{n}")).collect();
     Verdict::new(SCENARIO, &ledger, retries, violations)
         .fact("seed", seed)
         .fact("secs", secs)
         .fact("faults", counts.join(","))
         .fact("final_leader", leader)
+        .subscribers(&tally)
         .conclude();
 }

@@ -14,19 +14,11 @@
 use std::time::{Duration, Instant};
 
 use herald_cluster_tests::load::{Load, LoadSpec};
-use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, ledger, voters};
+use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, voters};
+
+use crate::Unacknowledged;
 
 const SCENARIO: &str = "wiped_disk";
-
-const POLICY: &str = r#"
-[limits]
-idempotency_window_secs = 900
-max_history_limit = 10000
-
-[namespaces.wd]
-history_size = 10000
-history_ttl_secs = 0
-"#;
 
 /// What node 1 logs when it initializes a cluster (`node/src/startup.rs`).
 const BOOTSTRAP_LINE: &str = "bootstrapped a new cluster";
@@ -44,7 +36,7 @@ fn log_since_last_start(cluster: &Cluster, id: u64) -> String {
 async fn wiped_node_rejoins_and_never_forms_a_second_cluster() {
     let opts = ClusterOptions {
         snapshot_every: Some(100),
-        ..ClusterOptions::default().with_policy(POLICY)
+        ..ClusterOptions::default().with_policy(crate::policy("wd", 900))
     };
     let mut cluster = Cluster::start(3, opts).await.unwrap();
     let ids = cluster.ids();
@@ -105,14 +97,11 @@ async fn wiped_node_rejoins_and_never_forms_a_second_cluster() {
         rejoined.applied_index, rejoined.snapshot_index
     );
     load.wait_acked_more(300, "after the rejoin").await;
-    load.stop();
-    let (ledger, retries) = load.finish().await;
+    let (ledger, retries, found) =
+        crate::finish_load(&mut cluster, load, Unacknowledged::Fail).await;
+    violations.extend(found);
     let leader = cluster
         .wait_for_leader(Duration::from_secs(60))
-        .await
-        .unwrap();
-    cluster
-        .wait_converged(Duration::from_secs(60))
         .await
         .unwrap();
 
@@ -129,7 +118,6 @@ async fn wiped_node_rejoins_and_never_forms_a_second_cluster() {
             leader_status.term
         ));
     }
-    violations.extend(ledger::verify_every_node(&cluster, &ledger, &ids, 10_000).await);
     Verdict::new(SCENARIO, &ledger, retries, violations)
         .fact("wiped", wiped)
         .fact("rejoined_at", rejoined.applied_index)
