@@ -234,6 +234,14 @@ impl Hub {
         } else {
             since
         };
+        if since.epoch == pos.epoch && since.offset > pos.offset {
+            // The client saw more than this edge has yet (it came from an
+            // edge whose node was further ahead): nothing is missed; go live
+            // after the client's offset so nothing is sent twice.
+            metrics::counter!("herald_edge_recoveries_total", "recovered" => "true").increment(1);
+            Self::go_live(channel, sub, reply_id, since, true, true, vec![]);
+            return Next::Nothing;
+        }
         let continuous = since.continues_in(&pos.epoch) && since.offset <= pos.offset;
         if !continuous || pos.offset.0 - since.offset.0 > u64::from(self.recover_max) {
             metrics::counter!("herald_edge_recoveries_total", "recovered" => "false").increment(1);
@@ -866,6 +874,30 @@ mod tests {
         };
         hub.subscribe(&ch, 3, o3.clone(), 8, Some(other));
         assert_eq!(received(&o3).await, (Some(false), vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_client_ahead_of_a_lagging_edge_recovers_without_repeats() {
+        let (hub, store, _link) = setup();
+        let ch = ChannelName::new("a").unwrap();
+        let o1 = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 1, o1.clone(), 1, None);
+        for i in 1..=3 {
+            store.push("a", i);
+        }
+        hub.subscribed(answer("a", 3));
+        // The client saw up to 5 through an edge whose node was ahead.
+        let o2 = Arc::new(Outbox::new(1 << 20));
+        let since = Position {
+            epoch: Epoch::new("e"),
+            offset: Offset(5),
+        };
+        hub.subscribe(&ch, 2, o2.clone(), 7, Some(since));
+        for i in 4..=6 {
+            hub.publication(store.push("a", i));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(received(&o2).await, (Some(true), vec![6]));
     }
 
     #[tokio::test]
