@@ -1,5 +1,6 @@
-//! `herald node add|remove`: runtime membership changes through the Admin
-//! service (any node forwards them to the Raft leader).
+//! `herald node add|remove`: runtime membership changes (Raft members and
+//! fan-out nodes) through the Admin service (any node forwards them to the
+//! Raft leader).
 //!
 //! Owns only the flags and the printed membership; the safety of a change
 //! (e.g. never removing the last voter) is the server's to enforce.
@@ -18,10 +19,14 @@ pub(crate) enum NodeCommand {
         /// Address other nodes and clients use to reach its gRPC port.
         grpc_addr: String,
         /// Keep it a non-voting learner.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fanout")]
         learner: bool,
+        /// Register a fan-out node (started with `herald-node --fanout`):
+        /// outside Raft, it receives only the channels its edges subscribe to.
+        #[arg(long)]
+        fanout: bool,
     },
-    /// Remove a node from the cluster.
+    /// Remove a node from the cluster (a voter, a learner or a fan-out node).
     Remove {
         /// The node's id.
         id: u64,
@@ -31,23 +36,25 @@ pub(crate) enum NodeCommand {
 pub(crate) async fn run(server: &Server, command: NodeCommand) -> anyhow::Result<()> {
     let conn = server.connect().await?;
     let mut admin = conn.admin();
-    let (voters, learners) = match command {
+    let (voters, learners, fanout) = match command {
         NodeCommand::Add {
             id,
             grpc_addr,
             learner,
+            fanout,
         } => {
             let request = AddNodeRequest {
                 id,
                 grpc_addr,
-                voter: !learner,
+                voter: !learner && !fanout,
+                fanout,
             };
             let r = admin
                 .add_node(request)
                 .await
                 .map_err(|s| conn.error(s))?
                 .into_inner();
-            (r.voters, r.learners)
+            (r.voters, r.learners, r.fanout)
         }
         NodeCommand::Remove { id } => {
             let r = admin
@@ -55,10 +62,15 @@ pub(crate) async fn run(server: &Server, command: NodeCommand) -> anyhow::Result
                 .await
                 .map_err(|s| conn.error(s))?
                 .into_inner();
-            (r.voters, r.learners)
+            (r.voters, r.learners, r.fanout)
         }
     };
-    println!("voters {} learners {}", ids(&voters), ids(&learners));
+    println!(
+        "voters {} learners {} fanout {}",
+        ids(&voters),
+        ids(&learners),
+        ids(&fanout)
+    );
     Ok(())
 }
 

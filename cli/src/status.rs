@@ -2,7 +2,8 @@
 //! a human reading a terminal.
 //!
 //! Owns only the rendering of `ClusterStatus`; matched indexes are known to
-//! the leader alone, so on a follower they show as `-`.
+//! the leader alone, so on a follower they show as `-`. Fan-out nodes are
+//! listed with the role `fanout`; asked directly, one shows no log line.
 
 use std::fmt::Write;
 
@@ -35,11 +36,14 @@ fn render(s: &ClusterStatusResponse) -> String {
         "node {}: {}, {leader}, term {}",
         s.node_id, s.state, s.term
     );
-    let _ = writeln!(
-        out,
-        "log: last {}, committed {}, applied {}, snapshot {}, purged {}",
-        s.last_log_index, s.committed_index, s.applied_index, s.snapshot_index, s.purged_index
-    );
+    // A fan-out node holds no Raft log.
+    if s.state != "fanout" {
+        let _ = writeln!(
+            out,
+            "log: last {}, committed {}, applied {}, snapshot {}, purged {}",
+            s.last_log_index, s.committed_index, s.applied_index, s.snapshot_index, s.purged_index
+        );
+    }
     let _ = writeln!(out, "members:");
     let width = s
         .members
@@ -105,6 +109,30 @@ mod tests {
              members:\n    \
                1  voter    127.0.0.1:7100  matched 5  (this node)\n    \
                4  learner  10.0.0.4:7100   matched -\n"
+        );
+    }
+
+    #[test]
+    fn renders_a_fanout_node() {
+        let s = ClusterStatusResponse {
+            node_id: 5,
+            state: "fanout".into(),
+            leader_id: Some(1),
+            term: 3,
+            members: vec![ClusterMember {
+                id: 5,
+                grpc_addr: "10.0.0.5:7100".into(),
+                role: "fanout".into(),
+                matched_index: None,
+            }],
+            leader_grpc_addr: "10.0.0.1:7100".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            render(&s),
+            "node 5: fanout, leader 1 at 10.0.0.1:7100, term 3\n\
+             members:\n    \
+               5  fanout   10.0.0.5:7100  matched -  (this node)\n"
         );
     }
 

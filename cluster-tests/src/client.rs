@@ -91,16 +91,20 @@ pub fn error_metadata(status: &Status) -> HashMap<String, String> {
 
 /// Whether a publish that failed this way may have been lost in transit and
 /// is safe to retry with the same idempotency key on another node: the node
-/// was unreachable, died mid-call, timed out, or had no leader.
+/// was unreachable, died mid-call, timed out, or had no leader. An
+/// `INTERNAL` status without Herald's error details is the client's
+/// transport failing (e.g. an HTTP/2 stream reset by a stopping node),
+/// not an answer from Herald, so it is retried too.
 pub fn is_retryable(status: &Status) -> bool {
-    matches!(
-        status.code(),
+    match status.code() {
         Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::Aborted
-    )
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Aborted => true,
+        Code::Internal => reason_of(status).is_none(),
+        _ => false,
+    }
 }
 
 /// A publisher that retries on retryable errors with the same request (so

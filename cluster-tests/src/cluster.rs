@@ -349,6 +349,35 @@ impl Cluster {
         self.spawn_node(binary::herald_node(), id, addrs[0], addrs[1], extra)
     }
 
+    /// Start fan-out node `id` (`--fanout`, outside Raft) on fresh ports,
+    /// talking to every running node (`--join`), with the cluster's
+    /// `extra_args` (which must enable QUIC). Returns once the process is
+    /// started; it is ready (`/readyz`) once registered.
+    pub fn add_fanout_node(&mut self, id: u64) -> anyhow::Result<&mut NodeProc> {
+        if self.nodes.contains_key(&id) {
+            bail!("node {id} already exists");
+        }
+        let voters = self
+            .running_ids()
+            .into_iter()
+            .map(|v| self.nodes[&v].grpc_addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let addrs = match &mut self.net {
+            None => free_addrs(2)?,
+            Some(net) => {
+                let addr = net.add_host(id)?.addr.into();
+                vec![
+                    SocketAddr::new(addr, ISOLATED_GRPC_PORT),
+                    SocketAddr::new(addr, ISOLATED_HTTP_PORT),
+                ]
+            }
+        };
+        let mut extra = vec![OsString::from("--fanout"), "--join".into(), voters.into()];
+        extra.extend(self.opts.extra_args.iter().map(OsString::from));
+        self.spawn_node(binary::herald_node(), id, addrs[0], addrs[1], extra)
+    }
+
     /// Where a process other than a node (an edge) runs: the program and
     /// leading arguments that start `binary`, and two addresses for it to
     /// listen on. On loopback those are free ports; in an isolated cluster

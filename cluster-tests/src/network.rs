@@ -65,6 +65,9 @@ pub struct Host {
 struct Faults {
     /// Directed cuts `(from, to)`: packets from `from` never reach `to`.
     cuts: BTreeSet<(u64, u64)>,
+    /// Directed UDP-only cuts `(from, to)`: `from`'s datagrams never reach
+    /// `to`; TCP between them still flows.
+    udp_cuts: BTreeSet<(u64, u64)>,
     /// Hosts whose outgoing peer traffic is impaired.
     emulators: BTreeMap<u64, Emulator>,
     /// Seed for the emulators' loss decisions.
@@ -345,6 +348,25 @@ impl Network {
         Ok(())
     }
 
+    /// Cut UDP only between hosts `a` and `b`, both ways (a firewall that
+    /// blocks QUIC while gRPC over TCP still flows). Idempotent; undone by
+    /// [`Network::heal`].
+    pub fn cut_udp(&self, a: u64, b: u64) -> anyhow::Result<()> {
+        for (from, to) in [(a, b), (b, a)] {
+            let mut faults = self.faults();
+            if from == to || faults.udp_cuts.contains(&(from, to)) {
+                continue;
+            }
+            let src = self.host(from).addr.to_string();
+            iptables(
+                &self.host(to).netns,
+                &["-A", "HERALD_CUT", "-s", &src, "-p", "udp", "-j", "DROP"],
+            )?;
+            faults.udp_cuts.insert((from, to));
+        }
+        Ok(())
+    }
+
     /// Directed cuts in force, `(from, to)`.
     pub fn cuts(&self) -> Vec<(u64, u64)> {
         self.faults().cuts.iter().copied().collect()
@@ -418,10 +440,20 @@ impl Network {
 
     /// Undo every partition and impairment. Idempotent.
     pub fn heal(&self) -> anyhow::Result<()> {
-        let receivers: BTreeSet<u64> = self.faults().cuts.iter().map(|&(_, to)| to).collect();
+        let receivers: BTreeSet<u64> = {
+            let faults = self.faults();
+            faults
+                .cuts
+                .iter()
+                .chain(&faults.udp_cuts)
+                .map(|&(_, to)| to)
+                .collect()
+        };
         for to in receivers {
             iptables(&self.host(to).netns, &["-F", "HERALD_CUT"])?;
-            self.faults().cuts.retain(|&(_, t)| t != to);
+            let mut faults = self.faults();
+            faults.cuts.retain(|&(_, t)| t != to);
+            faults.udp_cuts.retain(|&(_, t)| t != to);
         }
         for id in self.impaired() {
             self.clear_netem(id)?;

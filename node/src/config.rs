@@ -58,11 +58,25 @@ pub struct NodeArgs {
     #[arg(long, env = "HERALD_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
 
-    /// Join an existing cluster through this node's gRPC address (any member)
-    /// instead of bootstrapping: the node asks to be added as a learner and is
-    /// promoted to voter once caught up (unless `--learner`).
-    #[arg(long, env = "HERALD_JOIN")]
-    pub join: Option<String>,
+    /// Join an existing cluster through these gRPC addresses (any members,
+    /// comma-separated, tried in turn) instead of bootstrapping: the node asks
+    /// to be added as a learner and is promoted to voter once caught up
+    /// (unless `--learner`). With `--fanout`: the voters it talks to.
+    #[arg(long, env = "HERALD_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+
+    /// Run as a fan-out node: no Raft log, registered in the cluster through
+    /// `--join`, receiving over QUIC only the channels its edges subscribe
+    /// to. Needs `--quic-listen` and the TLS flags.
+    #[arg(long, env = "HERALD_FANOUT", default_value_t = false)]
+    pub fanout: bool,
+
+    /// How this node's edges receive history-keeping publications: `quic`
+    /// (pushed by the leader over the QUIC plane; voters also deliver from
+    /// their own log) or `raft-log` (only from this node's applied Raft log;
+    /// the leader pushes nothing). Give every node the same value.
+    #[arg(long, env = "HERALD_DELIVERY", value_enum, default_value_t = DeliveryMode::Quic)]
+    pub delivery: DeliveryMode,
 
     /// With `--join`: stay a non-voting learner.
     #[arg(long, env = "HERALD_LEARNER", default_value_t = false)]
@@ -134,6 +148,15 @@ pub struct NodeArgs {
     pub log: String,
 }
 
+/// Where edges' history-keeping publications come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryMode {
+    /// Pushed by the leader over QUIC (plus the local Raft log on members).
+    Quic,
+    /// Only the local applied Raft log; nothing is pushed over QUIC.
+    RaftLog,
+}
+
 /// The whole validated configuration of one node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -149,8 +172,12 @@ pub struct NodeConfig {
     pub http_listen: SocketAddr,
     /// Initial voters by id.
     pub peers: BTreeMap<u64, String>,
-    /// A member to join through.
-    pub join: Option<String>,
+    /// Members to join through (fan-out nodes: the voters to talk to).
+    pub join: Vec<String>,
+    /// A fan-out node outside Raft.
+    pub fanout: bool,
+    /// Where edges' publications come from.
+    pub delivery: DeliveryMode,
     /// Join as learner only.
     pub learner: bool,
     /// Accepted API keys.
@@ -248,14 +275,34 @@ impl NodeArgs {
         if !peers.is_empty() && !peers.contains_key(&id) {
             return Err(bad("--peers", format!("does not list this node's id {id}")));
         }
-        if peers.is_empty() && self.join.is_none() {
+        if peers.is_empty() && self.join.is_empty() {
             return Err(bad(
                 "--peers",
                 "give --peers (bootstrap) or --join (existing cluster)",
             ));
         }
-        if let Some(j) = &self.join {
+        for j in &self.join {
             check_host_port("--join", j)?;
+        }
+        if self.fanout {
+            if !peers.is_empty() {
+                return Err(bad(
+                    "--peers",
+                    "a fan-out node is not a Raft member; give the voters with --join",
+                ));
+            }
+            if self.learner {
+                return Err(bad("--learner", "not with --fanout"));
+            }
+            if self.quic_listen.is_none() {
+                return Err(bad("--quic-listen", "required with --fanout"));
+            }
+            if self.delivery == DeliveryMode::RaftLog {
+                return Err(bad(
+                    "--delivery",
+                    "a fan-out node has no Raft log; it delivers from QUIC only",
+                ));
+            }
         }
         // Without --advertise, peers reach this node where --peers says it is
         // (a StatefulSet's stable DNS name), else at the listen address.
@@ -345,6 +392,8 @@ impl NodeArgs {
             http_listen: self.http_listen,
             peers,
             join: self.join,
+            fanout: self.fanout,
+            delivery: self.delivery,
             learner: self.learner,
             api_keys,
             allow_unauthenticated: self.allow_unauthenticated,
@@ -467,6 +516,36 @@ mod tests {
             ])
             .starts_with("--config")
         );
+    }
+
+    #[test]
+    fn fanout_nodes_join_voters_over_quic() {
+        let quic = [
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--tls-ca",
+            "/nonexistent/ca.pem",
+        ];
+        let base = ["--id", "9", "--fanout", "--api-key", "k"];
+        let with = |more: &[&str]| {
+            let mut a: Vec<&str> = base.to_vec();
+            a.extend(more);
+            field(&a)
+        };
+        assert_eq!(with(&["--peers", "9=a:1"]), "--peers");
+        assert_eq!(with(&["--join", "a:1,b:2"]), "--quic-listen");
+        assert_eq!(with(&["--join", "a:1", "--learner"]), "--learner");
+        let mut raft_log = vec!["--join", "a:1", "--delivery", "raft-log"];
+        raft_log.extend(quic);
+        assert_eq!(with(&raft_log), "--delivery");
+        let mut ok = vec!["--join", "a:1,b:2"];
+        ok.extend(quic);
+        // Past the role checks, the TLS files are what is missing.
+        assert_eq!(with(&ok), "--tls-cert");
+        let voter = parse(&["--id", "1", "--join", "a:1,b:2", "--api-key", "k"]).unwrap();
+        assert_eq!(voter.join, vec!["a:1", "b:2"]);
+        assert!(!voter.fanout);
+        assert_eq!(voter.delivery, DeliveryMode::Quic);
     }
 
     #[test]

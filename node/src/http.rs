@@ -1,7 +1,8 @@
 //! The operations listener: `/metrics` (Prometheus text), `/healthz`
 //! (process is up; never depends on cluster health, so a liveness probe on
-//! it never restarts a node for a quorum problem) and `/readyz` (a leader is
-//! known and this node has applied everything it knows is committed).
+//! it never restarts a node for a quorum problem) and `/readyz` (a Raft
+//! member: a leader is known and this node has applied everything it knows
+//! is committed; a fan-out node: registered and a voter answers).
 
 use std::sync::Arc;
 
@@ -13,49 +14,72 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::replica::Replica;
 
-#[derive(Clone)]
-struct Ops {
-    replica: Arc<Replica>,
-    prometheus: PrometheusHandle,
+/// What the operations listener asks the node.
+pub trait Ops: Send + Sync + 'static {
+    /// `Ok` when ready to serve, else why not.
+    fn readiness(&self) -> Result<(), String>;
+    /// Bring gauges up to date before a scrape.
+    fn refresh_metrics(&self);
 }
 
-/// The operations router.
-pub fn router(replica: Arc<Replica>, prometheus: PrometheusHandle) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .with_state(Ops {
-            replica,
-            prometheus,
-        })
-}
-
-async fn metrics(State(ops): State<Ops>) -> String {
-    crate::telemetry::refresh(&ops.replica);
-    ops.prometheus.render()
-}
-
-async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
-    let r = &ops.replica;
-    if r.is_ready() {
-        (StatusCode::OK, "ready\n".into())
-    } else {
-        let m = r.metrics();
-        let why = match m.current_leader {
+impl Ops for Replica {
+    fn readiness(&self) -> Result<(), String> {
+        if self.is_ready() {
+            return Ok(());
+        }
+        let m = self.metrics();
+        Err(match m.current_leader {
             None => "no leader known".to_string(),
-            Some(l) if l == m.id && r.applied_index() >= r.committed_index() => {
+            Some(l) if l == m.id && self.applied_index() >= self.committed_index() => {
                 "leader without a quorum".to_string()
             }
             Some(_) => format!(
                 "applied {} of committed {}",
-                r.applied_index(),
-                r.committed_index()
+                self.applied_index(),
+                self.committed_index()
             ),
-        };
-        (
+        })
+    }
+
+    fn refresh_metrics(&self) {
+        crate::telemetry::refresh(self);
+    }
+}
+
+struct OpsState<O> {
+    node: Arc<O>,
+    prometheus: PrometheusHandle,
+}
+
+impl<O> Clone for OpsState<O> {
+    fn clone(&self) -> Self {
+        Self {
+            node: self.node.clone(),
+            prometheus: self.prometheus.clone(),
+        }
+    }
+}
+
+/// The operations router.
+pub fn router<O: Ops>(node: Arc<O>, prometheus: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::<O>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready::<O>))
+        .with_state(OpsState { node, prometheus })
+}
+
+async fn metrics<O: Ops>(State(ops): State<OpsState<O>>) -> String {
+    ops.node.refresh_metrics();
+    ops.prometheus.render()
+}
+
+async fn ready<O: Ops>(State(ops): State<OpsState<O>>) -> (StatusCode, String) {
+    match ops.node.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
-        )
+        ),
     }
 }

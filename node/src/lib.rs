@@ -1,5 +1,6 @@
 //! Herald node: Raft-replicated channels, durable history and the gRPC
-//! publish API.
+//! publish API; or, with `--fanout`, a fan-out node outside Raft that serves
+//! edges from what the leader pushes to it ([`fanout_node`]).
 //!
 //! [`run`] takes bound listeners and a shutdown future, so tests and the
 //! `herald` command start nodes on ephemeral ports in one call; `main.rs`
@@ -7,6 +8,7 @@
 
 pub mod channels;
 pub mod config;
+pub mod fanout_node;
 pub mod grpc;
 pub mod http;
 pub mod membership;
@@ -33,7 +35,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::NodeConfig;
+use crate::config::{DeliveryMode, NodeConfig, QuicConfig};
+use crate::fanout_node::FanoutNode;
 use crate::grpc::auth::ApiKeys;
 use crate::grpc::outbound::Outbound;
 use crate::raft::log_store::LogStore;
@@ -55,13 +58,16 @@ const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
 const MAX_RAFT_MESSAGE: usize = 256 * 1024 * 1024;
 
 /// Run a node until `shutdown` resolves; then hand leadership over, stop
-/// serving, and stop Raft.
+/// serving, and stop Raft. A fan-out node (`--fanout`) just stops serving.
 pub async fn run(
     config: NodeConfig,
     listeners: Listeners,
     prometheus: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    if config.fanout {
+        return run_fanout(config, listeners, prometheus, shutdown).await;
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("herald.redb");
@@ -121,23 +127,24 @@ pub async fn run(
             let tls = peer::tls::PeerTls::load(&q.ca, &q.cert, &q.key)?;
             let plane = peer::PeerPlane::bind(config.id, q.listen, tls, replica.delivery_sender())
                 .with_context(|| format!("--quic-listen {}", q.listen))?;
-            let bound = plane.local_addr()?;
             replica.attach_plane(plane.clone());
-            let quic_addr = q.advertise.clone().unwrap_or_else(|| {
-                let host = config
-                    .advertise
-                    .rsplit_once(':')
-                    .map_or("127.0.0.1", |(h, _)| h);
-                format!("{host}:{}", bound.port())
-            });
-            tracing::info!(%bound, advertise = %quic_addr, "QUIC delivery plane listening");
-            tokio::spawn(peer::fanout::run(
-                plane.clone(),
-                replica.clone(),
-                replica.subscribe_published(),
-            ));
+            let quic_addr = quic_advertise(&config, q, &plane)?;
+            // With `raft-log` delivery every node delivers from its own log:
+            // the leader pushes nothing (ephemeral publications and presence
+            // events still travel over QUIC).
+            if config.delivery == DeliveryMode::Quic {
+                tokio::spawn(peer::fanout::run(
+                    plane.clone(),
+                    replica.clone(),
+                    replica.subscribe_published(),
+                ));
+            }
             tokio::spawn(register_quic(replica.clone(), quic_addr));
-            let interest = peer::interest::Interest::spawn(replica.clone(), config.interest_linger);
+            let interest = peer::interest::Interest::spawn(
+                replica.clone(),
+                config.interest_linger,
+                std::future::ready(()),
+            );
             (Some(plane), Some(interest))
         }
     };
@@ -200,6 +207,111 @@ pub async fn run(
         p.close();
     }
     let _ = raft.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The QUIC address peers dial: `--quic-advertise`, else the advertised
+/// gRPC host with the bound port.
+fn quic_advertise(
+    config: &NodeConfig,
+    q: &QuicConfig,
+    plane: &peer::PeerPlane,
+) -> anyhow::Result<String> {
+    let bound = plane.local_addr()?;
+    let quic_addr = q.advertise.clone().unwrap_or_else(|| {
+        let host = config
+            .advertise
+            .rsplit_once(':')
+            .map_or("127.0.0.1", |(h, _)| h);
+        format!("{host}:{}", bound.port())
+    });
+    tracing::info!(%bound, advertise = %quic_addr, "QUIC delivery plane listening");
+    Ok(quic_addr)
+}
+
+/// Run a fan-out node until `shutdown` resolves: no Raft, no disk; QUIC in,
+/// edge links out, everything else asked of the voters at `--join`.
+async fn run_fanout(
+    config: NodeConfig,
+    listeners: Listeners,
+    prometheus: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Some(q) = &config.quic else {
+        anyhow::bail!("--quic-listen: required with --fanout");
+    };
+    let outbound = Outbound::new(config.api_keys.first().map(String::as_str));
+    let node = Arc::new(FanoutNode::new(
+        config.id,
+        config.advertise.clone(),
+        config.namespaces.clone(),
+        outbound,
+        config.join.clone(),
+    ));
+    let tls = peer::tls::PeerTls::load(&q.ca, &q.cert, &q.key)?;
+    let plane = peer::PeerPlane::bind(config.id, q.listen, tls, node.delivery_sender())
+        .with_context(|| format!("--quic-listen {}", q.listen))?;
+    let quic_addr = quic_advertise(&config, q, &plane)?;
+    let maintain = tokio::spawn(node.clone().maintain(quic_addr));
+    let interest =
+        peer::interest::Interest::spawn(node.clone(), config.interest_linger, node.registered());
+    let tails = tokio::spawn(fanout_node::watch_tails(node.clone(), interest.clone()));
+
+    let keys = ApiKeys::new(config.api_keys.clone(), config.allow_unauthenticated);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PublisherServer<grpc::fanout::FanoutPublisher>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("gRPC reflection")?;
+    let publisher = PublisherServer::new(grpc::fanout::FanoutPublisher::new(node.clone()))
+        .max_decoding_message_size(MAX_API_MESSAGE);
+    let admin = AdminServer::new(grpc::fanout::FanoutAdmin::new(node.clone()));
+    let edge_link = EdgeLinkServer::new(grpc::edge_link::EdgeLinkService::new(
+        node.clone(),
+        Some(interest),
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            publisher,
+            keys.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            admin,
+            keys.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            edge_link, keys,
+        ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(
+        axum::serve(listeners.http, http::router(node.clone(), prometheus))
+            .with_graceful_shutdown(stopped(stop_rx))
+            .into_future(),
+    );
+    tracing::info!(id = config.id, grpc = %config.grpc_listen, http = %config.http_listen, "fan-out node started");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    maintain.abort();
+    tails.abort();
+    let _ = stop_tx.send(true);
+    let _ = grpc_task.await;
+    let _ = http_task.await;
+    plane.close();
     tracing::info!("stopped");
     Ok(())
 }

@@ -121,9 +121,19 @@ impl Presence {
 #[derive(Debug, Default)]
 pub struct Forwarder {
     peers: Mutex<HashMap<String, mpsc::Sender<Vec<Publication>>>>,
+    relay_from: Option<u64>,
 }
 
 impl Forwarder {
+    /// A fan-out node's forwarder: the receiving voter passes the events on
+    /// to every node with interest but this one.
+    pub fn relaying_for(node: u64) -> Self {
+        Self {
+            relay_from: Some(node),
+            ..Self::default()
+        }
+    }
+
     /// Queue `events` for the node at `addr`.
     pub fn send(&self, outbound: &Outbound, addr: &str, events: Vec<Publication>) {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,12 +141,20 @@ impl Forwarder {
             let (tx, mut rx) = mpsc::channel::<Vec<Publication>>(FORWARD_QUEUE);
             let outbound = outbound.clone();
             let addr = addr.to_string();
+            let relay_from = self.relay_from;
             tokio::spawn(async move {
                 while let Some(events) = rx.recv().await {
                     let Ok(mut client) = outbound.publisher(&addr) else {
                         continue;
                     };
-                    let call = client.presence_events(PresenceEventsRequest { events });
+                    let mut req = tonic::Request::new(PresenceEventsRequest { events });
+                    if let Some(id) = relay_from {
+                        req.metadata_mut().insert(
+                            crate::grpc::RELAY_FROM,
+                            tonic::metadata::MetadataValue::from(id),
+                        );
+                    }
+                    let call = client.presence_events(req);
                     if !matches!(tokio::time::timeout(FORWARD_TIMEOUT, call).await, Ok(Ok(_))) {
                         metrics::counter!("herald_presence_forward_failures_total").increment(1);
                     }

@@ -326,6 +326,21 @@ impl Replica {
     /// node with interest in their channel; else over gRPC to every Raft
     /// member. At most once, like ephemeral publications.
     pub fn deliver_presence(&self, events: Vec<Publication>) {
+        self.spread_presence(events, None);
+    }
+
+    /// Join/leave events of a fan-out node's clients, which it cannot push
+    /// itself (it does not hold the interest table): to this node's edge
+    /// links and every node with interest except `origin`.
+    pub fn relay_presence(&self, events: Vec<Publication>, origin: u64) {
+        let events: Vec<Publication> = events
+            .into_iter()
+            .filter(crate::presence::is_event)
+            .collect();
+        self.spread_presence(events, Some(origin));
+    }
+
+    fn spread_presence(&self, events: Vec<Publication>, origin: Option<u64>) {
         if events.is_empty() {
             return;
         }
@@ -342,7 +357,10 @@ impl Replica {
             self.with_delivery(|d| {
                 for p in &events {
                     let frame = crate::peer::frame(p);
-                    for node in d.members(&p.channel).filter(|n| *n != self.id) {
+                    let others = d
+                        .members(&p.channel)
+                        .filter(|n| *n != self.id && Some(*n) != origin);
+                    for node in others {
                         if let Some(addr) = d.quic_addr(node) {
                             plane.send(node, addr, &p.channel, frame.clone());
                         }
@@ -487,6 +505,11 @@ impl Replica {
                 "node id must be greater than 0".into(),
             ));
         }
+        if let Some(addr) = self.with_delivery(|d| d.fanout_addr(id).map(String::from)) {
+            return Err(Rejection::Membership(format!(
+                "node {id} is a fan-out node at {addr}; remove it first"
+            )));
+        }
         let m = self.metrics();
         let membership = m.membership_config.membership();
         if let Some(existing) = membership.get_node(&id) {
@@ -517,11 +540,46 @@ impl Replica {
         Ok(())
     }
 
-    /// Remove a node from the cluster entirely. Leader only.
+    /// Register a fan-out node (it receives only what its edges subscribe
+    /// to, outside Raft). Leader only.
+    pub async fn add_fanout(&self, id: u64, grpc_addr: String) -> Result<(), Rejection> {
+        if id == 0 {
+            return Err(Rejection::Membership(
+                "node id must be greater than 0".into(),
+            ));
+        }
+        if let Some(node) = self.metrics().membership_config.membership().get_node(&id) {
+            return Err(Rejection::Membership(format!(
+                "node {id} is a Raft member at {}; remove it first",
+                node.grpc_addr
+            )));
+        }
+        self.submit(crate::raft::Command::RegisterFanout {
+            id,
+            grpc_addr,
+            started: None,
+        })
+        .await
+    }
+
+    /// Registered fan-out nodes and their gRPC addresses.
+    pub fn fanout_nodes(&self) -> Vec<(u64, String)> {
+        self.with_delivery(|d| {
+            d.fanout_nodes()
+                .map(|(id, a)| (id, a.to_string()))
+                .collect()
+        })
+    }
+
+    /// Remove a node from the cluster entirely (a Raft member, or a fan-out
+    /// node's registration and interest). Leader only.
     pub async fn remove_node(&self, id: u64) -> Result<(), Rejection> {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         if membership.get_node(&id).is_none() {
+            if self.with_delivery(|d| d.fanout_addr(id).is_some()) {
+                return self.submit(crate::raft::Command::ForgetFanout { id }).await;
+            }
             // Already gone: removal is idempotent, so retried hooks succeed.
             return Ok(());
         }
@@ -626,6 +684,23 @@ impl Replica {
                 tokio::time::sleep(retry).await;
             }
         });
+    }
+}
+
+impl crate::peer::interest::Registry for Replica {
+    fn node_id(&self) -> u64 {
+        self.id
+    }
+
+    fn registered(&self) -> BTreeSet<String> {
+        self.with_delivery(|d| d.channels_of(self.id))
+    }
+
+    fn submit(
+        &self,
+        cmd: crate::raft::Command,
+    ) -> impl std::future::Future<Output = Result<(), Rejection>> + Send {
+        Replica::submit(self, cmd)
     }
 }
 

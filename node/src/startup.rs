@@ -23,8 +23,8 @@ pub(crate) async fn bootstrap_or_join(config: NodeConfig, raft: Raft, outbound: 
             return;
         }
     }
-    if let Some(join) = &config.join {
-        join_cluster(&config, join, &outbound).await;
+    if !config.join.is_empty() {
+        join_cluster(&config, &config.join, &outbound).await;
         return;
     }
     let lowest = config.peers.keys().next().copied();
@@ -95,7 +95,7 @@ async fn join_if_left_out(config: &NodeConfig, raft: &Raft, outbound: &Outbound)
                 tracing::info!(
                     "not a member of the running cluster; asking {via} to add this node"
                 );
-                join_cluster(config, &via, outbound).await;
+                join_cluster(config, &[via], outbound).await;
                 return;
             }
         }
@@ -124,10 +124,12 @@ async fn any_peer_in_cluster(config: &NodeConfig, outbound: &Outbound) -> Option
     None
 }
 
-async fn join_cluster(config: &NodeConfig, via: &str, outbound: &Outbound) {
+/// Ask the members at `through`, in turn, to add this node.
+async fn join_cluster(config: &NodeConfig, through: &[String], outbound: &Outbound) {
     let voter = !config.learner;
     let mut attempt = 0u32;
     loop {
+        let via = &through[attempt as usize % through.len()];
         attempt += 1;
         let result = match outbound.admin(via) {
             Ok(mut admin) => admin
@@ -135,6 +137,7 @@ async fn join_cluster(config: &NodeConfig, via: &str, outbound: &Outbound) {
                     id: config.id,
                     grpc_addr: config.advertise.clone(),
                     voter,
+                    fanout: false,
                 })
                 .await
                 .map_err(|s| s.message().to_string()),

@@ -118,6 +118,10 @@ fn describe() {
         "herald_interest_changes_total",
         "Channel interest registrations and withdrawals committed for this node"
     );
+    describe_counter!(
+        "herald_fanout_tail_checks_total",
+        "Fan-out node: channels found behind the cluster's newest offset and caught up from a voter"
+    );
     describe_gauge!("herald_edge_links", "Open EdgeLink streams");
     describe_counter!(
         "herald_edge_link_gap_fills_total",

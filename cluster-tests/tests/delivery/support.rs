@@ -11,7 +11,9 @@ use herald_cluster_tests::cluster::ClusterOptions;
 use herald_proto::v1::edge_link_client::EdgeLinkClient;
 use herald_proto::v1::edge_message::Msg as EdgeMsg;
 use herald_proto::v1::node_message::Msg as NodeMsg;
-use herald_proto::v1::{EdgeMessage, LinkSubscribe, LinkSubscribed, NodeMessage, Publication};
+use herald_proto::v1::{
+    EdgeMessage, LinkSubscribe, LinkSubscribed, NodeMessage, PresenceUpdate, Publication,
+};
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
@@ -91,6 +93,16 @@ impl Link {
             NodeMsg::Subscribed(s) => s,
             other => panic!("expected subscribed, got {other:?}"),
         }
+    }
+
+    /// Report presence changes of this edge's clients.
+    pub(crate) async fn presence(&mut self, update: PresenceUpdate) {
+        self.tx
+            .send(EdgeMessage {
+                msg: Some(EdgeMsg::Presence(update)),
+            })
+            .await
+            .unwrap();
     }
 
     /// The next message (hang guard 30 s).

@@ -1,5 +1,6 @@
-//! The `Admin` service: runtime membership changes (forwarded to the leader
-//! from any node) and the internal leadership hand-off.
+//! The `Admin` service: runtime membership changes (Raft members and fan-out
+//! nodes; forwarded to the leader from any node) and the internal leadership
+//! hand-off.
 
 use std::sync::Arc;
 
@@ -43,6 +44,14 @@ impl AdminService {
         }
     }
 
+    fn fanout_ids(&self) -> Vec<u64> {
+        self.replica
+            .fanout_nodes()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     fn mark<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         r.metadata_mut().insert(
@@ -64,9 +73,18 @@ impl Admin for AdminService {
         if let Some(mut leader) = self.forward_target(forwarded)? {
             return leader.add_node(self.mark(r)).await;
         }
-        self.replica.add_node(r.id, r.grpc_addr, r.voter).await?;
+        if r.fanout {
+            self.replica.add_fanout(r.id, r.grpc_addr).await?;
+        } else {
+            self.replica.add_node(r.id, r.grpc_addr, r.voter).await?;
+        }
         let (voters, learners) = self.replica.members();
-        Ok(Response::new(AddNodeResponse { voters, learners }))
+        let fanout = self.fanout_ids();
+        Ok(Response::new(AddNodeResponse {
+            voters,
+            learners,
+            fanout,
+        }))
     }
 
     async fn remove_node(
@@ -80,7 +98,12 @@ impl Admin for AdminService {
         }
         self.replica.remove_node(r.id).await?;
         let (voters, learners) = self.replica.members();
-        Ok(Response::new(RemoveNodeResponse { voters, learners }))
+        let fanout = self.fanout_ids();
+        Ok(Response::new(RemoveNodeResponse {
+            voters,
+            learners,
+            fanout,
+        }))
     }
 
     async fn campaign(

@@ -10,20 +10,23 @@
 //! history first. If history no longer holds the gap, the edge is told with
 //! `recovered: false`, never silently skipped (guarantee 3).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_proto::v1::edge_link_server::EdgeLink;
 use herald_proto::v1::edge_message::Msg as EdgeMsg;
 use herald_proto::v1::node_message::Msg as NodeMsg;
 use herald_proto::v1::{
-    EdgeMessage, LinkError, LinkSubscribe, LinkSubscribed, NodeMessage, Publication,
+    EdgeMessage, HistoryResponse, LinkError, LinkSubscribe, LinkSubscribed, NodeMessage,
+    PresenceUpdate, Publication,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::channels::{Epoch, HistoryPage, Offset, Since};
+use crate::channels::{Epoch, Offset, Since};
 use crate::peer::interest::Interest;
 use crate::rejection::Rejection;
 use crate::replica::Replica;
@@ -31,32 +34,97 @@ use crate::replica::Replica;
 /// Messages buffered towards one edge before this node stops reading the
 /// apply stream for it (it then catches up from history).
 const OUTBOUND: usize = 4096;
+/// How often a session retries gap fills whose history read failed (a
+/// fan-out node reads history from a voter, which may be unreachable).
+const RETRY_FILLS: Duration = Duration::from_secs(1);
 
 /// Where a session reads history from.
-pub trait HistorySource {
+pub trait HistorySource: Send + Sync {
     /// Publications after `since` (or the newest position when `None`).
     fn read(
         &self,
         channel: &str,
-        since: Option<&Since>,
+        since: Option<Since>,
         limit: u32,
-    ) -> Result<HistoryPage, Rejection>;
+    ) -> impl Future<Output = Result<HistoryResponse, Rejection>> + Send;
     /// Most publications one read returns.
     fn max_limit(&self) -> u32;
 }
 
-impl HistorySource for Arc<Replica> {
+impl<T: HistorySource> HistorySource for Arc<T> {
     fn read(
         &self,
         channel: &str,
-        since: Option<&Since>,
+        since: Option<Since>,
         limit: u32,
-    ) -> Result<HistoryPage, Rejection> {
-        self.history(channel, since, limit, false)
+    ) -> impl Future<Output = Result<HistoryResponse, Rejection>> + Send {
+        (**self).read(channel, since, limit)
+    }
+
+    fn max_limit(&self) -> u32 {
+        (**self).max_limit()
+    }
+}
+
+impl<T: HistorySource> HistorySource for &T {
+    fn read(
+        &self,
+        channel: &str,
+        since: Option<Since>,
+        limit: u32,
+    ) -> impl Future<Output = Result<HistoryResponse, Rejection>> + Send {
+        (**self).read(channel, since, limit)
+    }
+
+    fn max_limit(&self) -> u32 {
+        (**self).max_limit()
+    }
+}
+
+impl HistorySource for Replica {
+    async fn read(
+        &self,
+        channel: &str,
+        since: Option<Since>,
+        limit: u32,
+    ) -> Result<HistoryResponse, Rejection> {
+        let page = self.history(channel, since.as_ref(), limit, false)?;
+        Ok(super::page_to_wire(channel, page))
     }
 
     fn max_limit(&self) -> u32 {
         self.namespaces.limits.max_history_limit
+    }
+}
+
+/// What an edge link is served from: a Raft replica, or a fan-out node that
+/// reads history from a voter.
+pub trait LinkBackend: HistorySource + 'static {
+    /// Every publication this node hands to its edge links from now on.
+    fn subscribe_delivery(&self) -> broadcast::Receiver<Arc<Vec<Publication>>>;
+    /// A new link's presence handle.
+    fn new_presence_link(&self) -> u64;
+    /// An edge's presence update.
+    fn presence_update(&self, link: u64, u: PresenceUpdate);
+    /// A link ended: its clients leave.
+    fn presence_link_ended(&self, link: u64);
+}
+
+impl LinkBackend for Replica {
+    fn subscribe_delivery(&self) -> broadcast::Receiver<Arc<Vec<Publication>>> {
+        Replica::subscribe_delivery(self)
+    }
+
+    fn new_presence_link(&self) -> u64 {
+        self.presence.new_link()
+    }
+
+    fn presence_update(&self, link: u64, u: PresenceUpdate) {
+        Replica::presence_update(self, link, u);
+    }
+
+    fn presence_link_ended(&self, link: u64) {
+        Replica::presence_link_ended(self, link);
     }
 }
 
@@ -71,6 +139,8 @@ struct Position {
 pub struct Session<H> {
     source: H,
     positions: HashMap<String, Position>,
+    /// Channels whose gap fill could not read history; retried.
+    unfilled: BTreeSet<String>,
 }
 
 impl<H: HistorySource> Session<H> {
@@ -79,11 +149,12 @@ impl<H: HistorySource> Session<H> {
         Self {
             source,
             positions: HashMap::new(),
+            unfilled: BTreeSet::new(),
         }
     }
 
     /// Subscribe (or re-subscribe) a channel.
-    pub fn subscribe(&mut self, s: LinkSubscribe) -> NodeMessage {
+    pub async fn subscribe(&mut self, s: LinkSubscribe) -> NodeMessage {
         let limit = match s.recover_limit {
             0 => self.source.max_limit(),
             n => n.min(self.source.max_limit()),
@@ -93,11 +164,8 @@ impl<H: HistorySource> Session<H> {
             epoch: Epoch(p.epoch),
         });
         // Without a position, only the current one is needed.
-        let page = match self.source.read(
-            &s.channel,
-            since.as_ref(),
-            if since.is_some() { limit } else { 1 },
-        ) {
+        let limit = if since.is_some() { limit } else { 1 };
+        let page = match self.source.read(&s.channel, since.clone(), limit).await {
             Ok(p) => p,
             Err(r) => {
                 return message(NodeMsg::Error(LinkError {
@@ -107,7 +175,7 @@ impl<H: HistorySource> Session<H> {
                 }));
             }
         };
-        let epoch = page.epoch.0.clone();
+        let epoch = page.epoch.clone();
         let (recovered, publications) = match since {
             None => (false, vec![]),
             Some(_) => {
@@ -117,28 +185,24 @@ impl<H: HistorySource> Session<H> {
                         .last()
                         .is_none_or(|p| p.offset == page.offset);
                 if complete {
-                    let pubs = page
-                        .publications
-                        .into_iter()
-                        .map(|p| super::to_wire(&s.channel, &epoch, p))
-                        .collect();
-                    (true, pubs)
+                    (true, page.publications)
                 } else {
                     (false, vec![])
                 }
             }
         };
+        self.unfilled.remove(&s.channel);
         self.positions.insert(
             s.channel.clone(),
             Position {
                 epoch: epoch.clone(),
-                offset: page.offset.0,
+                offset: page.offset,
             },
         );
         message(NodeMsg::Subscribed(LinkSubscribed {
             channel: s.channel,
             epoch,
-            offset: page.offset.0,
+            offset: page.offset,
             recovered,
             publications,
         }))
@@ -146,6 +210,7 @@ impl<H: HistorySource> Session<H> {
 
     /// Stop forwarding a channel; false if it was not subscribed.
     pub fn unsubscribe(&mut self, channel: &str) -> bool {
+        self.unfilled.remove(channel);
         self.positions.remove(channel).is_some()
     }
 
@@ -160,7 +225,7 @@ impl<H: HistorySource> Session<H> {
     }
 
     /// Forward what this edge wants of one applied batch.
-    pub fn deliver(&mut self, batch: &[Publication], out: &mut Vec<NodeMessage>) {
+    pub async fn deliver(&mut self, batch: &[Publication], out: &mut Vec<NodeMessage>) {
         for p in batch {
             let Some(pos) = self.positions.get_mut(&p.channel) else {
                 continue;
@@ -189,57 +254,71 @@ impl<H: HistorySource> Session<H> {
             } else {
                 // A gap (or a new epoch): fill from history, which by now
                 // holds this publication too.
-                self.fill(&p.channel.clone(), out);
+                self.fill(&p.channel.clone(), out).await;
             }
         }
     }
 
     /// Bring every channel up to date from history (after this stream
     /// lagged behind the apply loop).
-    pub fn resync(&mut self, out: &mut Vec<NodeMessage>) {
+    pub async fn resync(&mut self, out: &mut Vec<NodeMessage>) {
         let channels: Vec<String> = self.positions.keys().cloned().collect();
         for c in channels {
-            self.fill(&c, out);
+            self.fill(&c, out).await;
         }
     }
 
-    fn fill(&mut self, channel: &str, out: &mut Vec<NodeMessage>) {
+    /// Whether some gap fill is waiting for history to answer.
+    pub fn has_unfilled(&self) -> bool {
+        !self.unfilled.is_empty()
+    }
+
+    /// Retry the gap fills whose history read failed.
+    pub async fn retry_unfilled(&mut self, out: &mut Vec<NodeMessage>) {
+        let channels: Vec<String> = self.unfilled.iter().cloned().collect();
+        for c in channels {
+            self.fill(&c, out).await;
+        }
+    }
+
+    async fn fill(&mut self, channel: &str, out: &mut Vec<NodeMessage>) {
         metrics::counter!("herald_edge_link_gap_fills_total").increment(1);
         while let Some(pos) = self.positions.get(channel).cloned() {
             let since = Since {
                 offset: Offset(pos.offset),
                 epoch: Epoch(pos.epoch),
             };
-            let Ok(page) = self
+            let read = self
                 .source
-                .read(channel, Some(&since), self.source.max_limit())
-            else {
+                .read(channel, Some(since), self.source.max_limit())
+                .await;
+            let Ok(page) = read else {
+                self.unfilled.insert(channel.to_string());
                 return;
             };
-            let epoch = page.epoch.0.clone();
+            self.unfilled.remove(channel);
+            let epoch = page.epoch.clone();
             if !page.in_window {
                 // Lost for good: say so, and continue from the current position.
                 let current = Position {
                     epoch: epoch.clone(),
-                    offset: page.offset.0,
+                    offset: page.offset,
                 };
                 self.positions.insert(channel.to_string(), current);
                 out.push(message(NodeMsg::Subscribed(LinkSubscribed {
                     channel: channel.to_string(),
                     epoch,
-                    offset: page.offset.0,
+                    offset: page.offset,
                     recovered: false,
                     publications: vec![],
                 })));
                 return;
             }
-            let Some(last) = page.publications.last().map(|p| p.offset.0) else {
+            let Some(last) = page.publications.last().map(|p| p.offset) else {
                 return;
             };
             for p in page.publications {
-                out.push(message(NodeMsg::Publication(super::to_wire(
-                    channel, &epoch, p,
-                ))));
+                out.push(message(NodeMsg::Publication(p)));
             }
             self.positions.insert(
                 channel.to_string(),
@@ -248,7 +327,7 @@ impl<H: HistorySource> Session<H> {
                     offset: last,
                 },
             );
-            if last >= page.offset.0 {
+            if last >= page.offset {
                 return;
             }
         }
@@ -259,22 +338,22 @@ fn message(m: NodeMsg) -> NodeMessage {
     NodeMessage { msg: Some(m) }
 }
 
-/// Serves `herald.v1.EdgeLink`.
-pub struct EdgeLinkService {
-    replica: Arc<Replica>,
+/// Serves `herald.v1.EdgeLink` from a replica or a fan-out node.
+pub struct EdgeLinkService<B> {
+    backend: Arc<B>,
     interest: Option<Interest>,
 }
 
-impl EdgeLinkService {
-    /// Serve this replica; with `interest`, channels edges subscribe to are
+impl<B: LinkBackend> EdgeLinkService<B> {
+    /// Serve this backend; with `interest`, channels edges subscribe to are
     /// registered so the leader pushes them here over QUIC.
-    pub fn new(replica: Arc<Replica>, interest: Option<Interest>) -> Self {
-        Self { replica, interest }
+    pub fn new(backend: Arc<B>, interest: Option<Interest>) -> Self {
+        Self { backend, interest }
     }
 }
 
 #[tonic::async_trait]
-impl EdgeLink for EdgeLinkService {
+impl<B: LinkBackend> EdgeLink for EdgeLinkService<B> {
     type LinkStream = ReceiverStream<Result<NodeMessage, Status>>;
 
     async fn link(
@@ -285,11 +364,9 @@ impl EdgeLink for EdgeLinkService {
         let (tx, rx) = mpsc::channel(OUTBOUND);
         // Listen before the first history read, so nothing applied in between
         // is missed (duplicates are dropped by position).
-        let delivery = self.replica.subscribe_delivery();
-        let session = Session::new(self.replica.clone());
+        let delivery = self.backend.subscribe_delivery();
         tokio::spawn(run_session(
-            self.replica.clone(),
-            session,
+            self.backend.clone(),
             self.interest.clone(),
             inbound,
             delivery,
@@ -299,23 +376,24 @@ impl EdgeLink for EdgeLinkService {
     }
 }
 
-async fn run_session(
-    replica: Arc<Replica>,
-    mut session: Session<Arc<Replica>>,
+async fn run_session<B: LinkBackend>(
+    backend: Arc<B>,
     interest: Option<Interest>,
     mut inbound: Streaming<EdgeMessage>,
     mut delivery: broadcast::Receiver<Arc<Vec<Publication>>>,
     tx: mpsc::Sender<Result<NodeMessage, Status>>,
 ) {
     metrics::gauge!("herald_edge_links").increment(1.0);
-    let link = replica.presence.new_link();
+    let mut session = Session::new(backend.clone());
+    let link = backend.new_presence_link();
+    let mut retry = tokio::time::interval(RETRY_FILLS);
     let mut out = Vec::new();
     'session: loop {
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(EdgeMessage { msg: Some(EdgeMsg::Subscribe(s)) })) => {
                     let new = !session.is_subscribed(&s.channel);
-                    let answer = session.subscribe(s);
+                    let answer = session.subscribe(s).await;
                     if let (true, Some(i), Some(NodeMsg::Subscribed(ok))) = (new, &interest, &answer.msg) {
                         i.add(&ok.channel);
                     }
@@ -329,16 +407,17 @@ async fn run_session(
                     }
                 }
                 Ok(Some(EdgeMessage { msg: Some(EdgeMsg::Presence(u)) })) => {
-                    replica.presence_update(link, u);
+                    backend.presence_update(link, u);
                 }
                 Ok(Some(EdgeMessage { msg: None })) => {}
                 Ok(None) | Err(_) => break 'session,
             },
             batch = delivery.recv() => match batch {
-                Ok(batch) => session.deliver(&batch, &mut out),
-                Err(broadcast::error::RecvError::Lagged(_)) => session.resync(&mut out),
+                Ok(batch) => session.deliver(&batch, &mut out).await,
+                Err(broadcast::error::RecvError::Lagged(_)) => session.resync(&mut out).await,
                 Err(broadcast::error::RecvError::Closed) => break 'session,
             },
+            _ = retry.tick(), if session.has_unfilled() => session.retry_unfilled(&mut out).await,
         }
         for m in out.drain(..) {
             if tx.send(Ok(m)).await.is_err() {
@@ -351,7 +430,7 @@ async fn run_session(
             i.remove(c);
         }
     }
-    replica.presence_link_ended(link);
+    backend.presence_link_ended(link);
     metrics::gauge!("herald_edge_links").decrement(1.0);
 }
 
@@ -405,22 +484,73 @@ mod tests {
         }
     }
 
-    impl HistorySource for &Table {
-        fn read(
+    impl HistorySource for Table {
+        async fn read(
             &self,
             channel: &str,
-            since: Option<&Since>,
+            since: Option<Since>,
             limit: u32,
-        ) -> Result<HistoryPage, Rejection> {
-            Ok(self
-                .0
-                .lock()
-                .unwrap()
-                .history(channel, since, limit as usize, false, 0, 0))
+        ) -> Result<HistoryResponse, Rejection> {
+            let page = self.0.lock().unwrap().history(
+                channel,
+                since.as_ref(),
+                limit as usize,
+                false,
+                0,
+                0,
+            );
+            Ok(crate::grpc::page_to_wire(channel, page))
         }
         fn max_limit(&self) -> u32 {
             100
         }
+    }
+
+    /// History that fails while `down`, as a voter out of reach does for a
+    /// fan-out node.
+    #[derive(Default)]
+    struct Flaky {
+        table: Table,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl HistorySource for Flaky {
+        async fn read(
+            &self,
+            channel: &str,
+            since: Option<Since>,
+            limit: u32,
+        ) -> Result<HistoryResponse, Rejection> {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Rejection::NoLeader);
+            }
+            self.table.read(channel, since, limit).await
+        }
+        fn max_limit(&self) -> u32 {
+            100
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_cannot_read_history_is_retried() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = Flaky::default();
+        f.table.publish("a", 1);
+        let mut s = Session::new(&f);
+        subscribed(s.subscribe(sub("a", None)).await);
+        f.down.store(true, Relaxed);
+        // Offset 2 never arrives; 3 does, while history is out of reach.
+        f.table.publish("a", 1);
+        let mut out = vec![];
+        s.deliver(&f.table.publish("a", 1), &mut out).await;
+        assert!(offsets(&out).is_empty(), "nothing may jump the gap");
+        assert!(s.has_unfilled());
+        s.retry_unfilled(&mut out).await;
+        assert!(s.has_unfilled(), "still out of reach");
+        f.down.store(false, Relaxed);
+        s.retry_unfilled(&mut out).await;
+        assert_eq!(offsets(&out), vec![2, 3]);
+        assert!(!s.has_unfilled());
     }
 
     fn offsets(out: &[NodeMessage]) -> Vec<u64> {
@@ -450,56 +580,56 @@ mod tests {
         }
     }
 
-    #[test]
-    fn live_publications_once_in_order_with_gaps_filled() {
+    #[tokio::test]
+    async fn live_publications_once_in_order_with_gaps_filled() {
         let t = Table::default();
         t.publish("a", 2);
         let mut s = Session::new(&t);
-        let ack = subscribed(s.subscribe(sub("a", None)));
+        let ack = subscribed(s.subscribe(sub("a", None)).await);
         assert_eq!(ack.offset, 2);
         assert!(!ack.recovered);
         let mut out = vec![];
         let b1 = t.publish("a", 1);
-        s.deliver(&b1, &mut out);
+        s.deliver(&b1, &mut out).await;
         // The same batch again (a re-delivery) is dropped.
-        s.deliver(&b1, &mut out);
+        s.deliver(&b1, &mut out).await;
         assert_eq!(offsets(&out), vec![3]);
         // Offsets 4 and 5 never reached this session (it lagged); 6 arrives.
         t.publish("a", 2);
         let b3 = t.publish("a", 1);
-        s.deliver(&b3, &mut out);
+        s.deliver(&b3, &mut out).await;
         assert_eq!(offsets(&out), vec![3, 4, 5, 6]);
         // Channels not subscribed are not forwarded.
         let other = t.publish("b", 1);
-        s.deliver(&other, &mut out);
+        s.deliver(&other, &mut out).await;
         assert_eq!(offsets(&out), vec![3, 4, 5, 6]);
     }
 
-    #[test]
-    fn a_channel_subscribed_before_its_first_publication() {
+    #[tokio::test]
+    async fn a_channel_subscribed_before_its_first_publication() {
         let t = Table::default();
         let mut s = Session::new(&t);
-        let ack = subscribed(s.subscribe(sub("new", None)));
+        let ack = subscribed(s.subscribe(sub("new", None)).await);
         assert_eq!((ack.epoch.as_str(), ack.offset), ("", 0));
         let mut out = vec![];
-        s.deliver(&t.publish("new", 1), &mut out);
+        s.deliver(&t.publish("new", 1), &mut out).await;
         assert_eq!(offsets(&out), vec![1]);
         // A gap right at the start is filled from history too.
         let mut s = Session::new(&t);
-        subscribed(s.subscribe(sub("newer", None)));
+        subscribed(s.subscribe(sub("newer", None)).await);
         t.publish("newer", 2);
         let mut out = vec![];
-        s.deliver(&t.publish("newer", 1), &mut out);
+        s.deliver(&t.publish("newer", 1), &mut out).await;
         assert_eq!(offsets(&out), vec![1, 2, 3]);
     }
 
-    #[test]
-    fn recovery_inside_and_outside_the_window() {
+    #[tokio::test]
+    async fn recovery_inside_and_outside_the_window() {
         let t = Table::default();
         t.publish("a", 3);
         let mut s = Session::new(&t);
-        let epoch = subscribed(s.subscribe(sub("a", None))).epoch;
-        let ok = subscribed(s.subscribe(sub("a", Some((1, &epoch)))));
+        let epoch = subscribed(s.subscribe(sub("a", None)).await).epoch;
+        let ok = subscribed(s.subscribe(sub("a", Some((1, &epoch)))).await);
         assert!(ok.recovered);
         assert_eq!(
             ok.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
@@ -507,28 +637,28 @@ mod tests {
         );
         t.publish("a", 10);
         // History keeps 5: offsets 9..=13; a client at 2 cannot be recovered.
-        let lost = subscribed(s.subscribe(sub("a", Some((2, &epoch)))));
+        let lost = subscribed(s.subscribe(sub("a", Some((2, &epoch)))).await);
         assert!(!lost.recovered);
         assert_eq!(lost.offset, 13);
         assert!(lost.publications.is_empty());
-        let wrong_epoch = subscribed(s.subscribe(sub("a", Some((12, "nope")))));
+        let wrong_epoch = subscribed(s.subscribe(sub("a", Some((12, "nope")))).await);
         assert!(!wrong_epoch.recovered);
     }
 
-    #[test]
-    fn resync_after_lag_and_unfillable_gap_is_reported() {
+    #[tokio::test]
+    async fn resync_after_lag_and_unfillable_gap_is_reported() {
         let t = Table::default();
         t.publish("a", 1);
         let mut s = Session::new(&t);
-        subscribed(s.subscribe(sub("a", None)));
+        subscribed(s.subscribe(sub("a", None)).await);
         t.publish("a", 3);
         let mut out = vec![];
-        s.resync(&mut out);
+        s.resync(&mut out).await;
         assert_eq!(offsets(&out), vec![2, 3, 4]);
         // Ten more while this session was not reading: history holds only 5.
         t.publish("a", 10);
         let mut out = vec![];
-        s.resync(&mut out);
+        s.resync(&mut out).await;
         let lost = subscribed(out.remove(0));
         assert!(!lost.recovered);
         assert_eq!(lost.offset, 14);

@@ -1,9 +1,11 @@
 //! The node's gRPC surface: the public `Publisher` and `Admin` services, the
-//! internal `Raft` service, API-key authentication, and outbound clients.
+//! internal `Raft` service, API-key authentication, outbound clients, and
+//! what a fan-out node serves instead ([`fanout`]).
 
 pub mod admin;
 pub mod auth;
 pub mod edge_link;
+pub mod fanout;
 pub mod outbound;
 pub mod publisher;
 pub mod raft;
@@ -11,6 +13,30 @@ pub mod raft;
 /// Metadata key marking a request one node forwarded to another, so a
 /// request is forwarded at most once.
 pub const FORWARDED: &str = "x-herald-forwarded";
+
+/// Metadata key on `PresenceEvents` from a fan-out node: the receiving voter
+/// passes the events on to every other node with interest (except the
+/// sender, whose id the value carries).
+pub const RELAY_FROM: &str = "x-herald-relay-from";
+
+/// A history page as it travels on the wire.
+pub(crate) fn page_to_wire(
+    channel: &str,
+    page: crate::channels::HistoryPage,
+) -> herald_proto::v1::HistoryResponse {
+    let epoch = page.epoch.0;
+    herald_proto::v1::HistoryResponse {
+        publications: page
+            .publications
+            .into_iter()
+            .map(|p| to_wire(channel, &epoch, p))
+            .collect(),
+        epoch,
+        offset: page.offset.0,
+        in_window: page.in_window,
+        first_offset: page.first_offset.0,
+    }
+}
 
 /// A stored publication as it travels on the wire.
 pub(crate) fn to_wire(

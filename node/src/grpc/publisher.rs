@@ -142,8 +142,8 @@ impl PublisherService {
 const PRESENCE_PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1000);
 
 impl PublisherService {
-    /// This node's presence of `channel` merged with every other Raft
-    /// member's (voters and learners, i.e. fan-out nodes too); a node that
+    /// This node's presence of `channel` merged with every other node's
+    /// (voters, learners and registered fan-out nodes); a node that
     /// does not answer within [`PRESENCE_PEER_TIMEOUT`] contributes nothing.
     async fn cluster_presence(
         &self,
@@ -163,14 +163,17 @@ impl PublisherService {
             ));
         }
         let local = self.replica.presence.local(&channel);
+        let fanout = self.replica.fanout_nodes();
         let peers: Vec<String> = self
             .replica
             .metrics()
             .membership_config
             .membership()
             .nodes()
-            .filter(|(id, _)| **id != self.replica.id)
-            .map(|(_, n)| n.grpc_addr.clone())
+            .map(|(id, n)| (*id, n.grpc_addr.clone()))
+            .chain(fanout)
+            .filter(|(id, _)| *id != self.replica.id)
+            .map(|(_, addr)| addr)
             .collect();
         let calls = peers.into_iter().map(|addr| {
             let client = self.replica.outbound.publisher(&addr);
@@ -309,30 +312,26 @@ impl Publisher for PublisherService {
         let page = self
             .replica
             .history(&r.channel, since.as_ref(), r.limit, r.reverse)?;
-        let channel = r.channel;
-        let epoch = page.epoch.0.clone();
-        let publications = page
-            .publications
-            .into_iter()
-            .map(|p| super::to_wire(&channel, &epoch, p))
-            .collect();
-        Ok(Response::new(HistoryResponse {
-            publications,
-            epoch,
-            offset: page.offset.0,
-            in_window: page.in_window,
-            first_offset: page.first_offset.0,
-        }))
+        Ok(Response::new(super::page_to_wire(&r.channel, page)))
     }
 
     async fn channels(
         &self,
         req: Request<ChannelsRequest>,
     ) -> Result<Response<ChannelsResponse>, Status> {
-        let pattern = req.into_inner().pattern;
-        let channels = self
-            .replica
-            .channels(&pattern, |name, c| summary(name, namespace_of(name), c));
+        let r = req.into_inner();
+        let channels = if r.names.is_empty() {
+            self.replica
+                .channels(&r.pattern, |name, c| summary(name, namespace_of(name), c))
+        } else {
+            r.names
+                .iter()
+                .filter_map(|name| {
+                    self.replica
+                        .channel(name, |c| summary(name, namespace_of(name), c))
+                })
+                .collect()
+        };
         Ok(Response::new(ChannelsResponse { channels }))
     }
 
@@ -385,7 +384,15 @@ impl Publisher for PublisherService {
         &self,
         req: Request<PresenceEventsRequest>,
     ) -> Result<Response<PresenceEventsResponse>, Status> {
-        self.replica.presence_events(req.into_inner().events);
+        let origin = req
+            .metadata()
+            .get(super::RELAY_FROM)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let events = req.into_inner().events;
+        match origin {
+            Some(origin) => self.replica.relay_presence(events, origin),
+            None => self.replica.presence_events(events),
+        }
         Ok(Response::new(PresenceEventsResponse {}))
     }
 
@@ -413,6 +420,17 @@ impl Publisher for PublisherService {
                     .map(|r| r.get(id).and_then(|l| *l).map_or(0, |l| l.index))
                     .or_else(|| (*id == self.replica.id).then(|| m.last_log_index.unwrap_or(0))),
             })
+            .chain(
+                self.replica
+                    .fanout_nodes()
+                    .into_iter()
+                    .map(|(id, grpc_addr)| ClusterMember {
+                        id,
+                        grpc_addr,
+                        role: "fanout".to_string(),
+                        matched_index: None,
+                    }),
+            )
             .collect();
         let leader_grpc_addr = m
             .current_leader

@@ -5,13 +5,24 @@
 //! client does not cause a Raft write per connect.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use crate::raft::Command;
-use crate::replica::Replica;
+use crate::rejection::Rejection;
+
+/// Where interest is registered: the replicated table, through the leader.
+pub trait Registry: Send + Sync + 'static {
+    /// This node's id.
+    fn node_id(&self) -> u64;
+    /// Channels the replicated table lists for this node now.
+    fn registered(&self) -> BTreeSet<String>;
+    /// Commit a command through the leader.
+    fn submit(&self, cmd: Command) -> impl Future<Output = Result<(), Rejection>> + Send;
+}
 
 /// How often pending changes are flushed to Raft.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -25,14 +36,34 @@ enum Change {
 #[derive(Clone)]
 pub struct Interest {
     tx: mpsc::UnboundedSender<Change>,
+    registered: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Interest {
-    /// Start the registrar for this replica.
-    pub fn spawn(replica: Arc<Replica>, linger: Duration) -> Self {
+    /// Start the registrar once `start` resolves (changes queue meanwhile).
+    pub fn spawn<R: Registry>(
+        registry: Arc<R>,
+        linger: Duration,
+        start: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(replica, rx, linger));
-        Self { tx }
+        let registered = Arc::new(Mutex::new(BTreeSet::new()));
+        let shared = registered.clone();
+        tokio::spawn(async move {
+            start.await;
+            run(registry, rx, linger, shared).await;
+        });
+        Self { tx, registered }
+    }
+
+    /// Channels committed as this node's interest.
+    pub fn registered(&self) -> Vec<String> {
+        self.registered
+            .lock()
+            .expect("interest lock poisoned")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// One more local subscriber for `channel`.
@@ -46,12 +77,21 @@ impl Interest {
     }
 }
 
-async fn run(replica: Arc<Replica>, mut rx: mpsc::UnboundedReceiver<Change>, linger: Duration) {
+async fn run<R: Registry>(
+    registry: Arc<R>,
+    mut rx: mpsc::UnboundedReceiver<Change>,
+    linger: Duration,
+    shared: Arc<Mutex<BTreeSet<String>>>,
+) {
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut idle_since: HashMap<String, Instant> = HashMap::new();
     // What the replicated table says about this node: after a restart it may
     // list channels nobody here wants any more; they linger out like others.
-    let mut registered: BTreeSet<String> = replica.with_delivery(|d| d.channels_of(replica.id));
+    let mut registered: BTreeSet<String> = registry.registered();
+    shared
+        .lock()
+        .expect("interest lock poisoned")
+        .clone_from(&registered);
     for c in &registered {
         idle_since.insert(c.clone(), Instant::now());
     }
@@ -84,8 +124,8 @@ async fn run(replica: Arc<Replica>, mut rx: mpsc::UnboundedReceiver<Change>, lin
                 if add.is_empty() && remove.is_empty() {
                     continue;
                 }
-                let cmd = Command::Interest { node: replica.id, add: add.clone(), remove: remove.clone() };
-                match replica.submit(cmd).await {
+                let cmd = Command::Interest { node: registry.node_id(), add: add.clone(), remove: remove.clone() };
+                match registry.submit(cmd).await {
                     Ok(()) => {
                         metrics::counter!("herald_interest_changes_total").increment((add.len() + remove.len()) as u64);
                         registered.extend(add);
@@ -93,6 +133,7 @@ async fn run(replica: Arc<Replica>, mut rx: mpsc::UnboundedReceiver<Change>, lin
                             registered.remove(&c);
                             idle_since.remove(&c);
                         }
+                        shared.lock().expect("interest lock poisoned").clone_from(&registered);
                     }
                     Err(e) => tracing::debug!("registering channel interest: {e}; will retry"),
                 }

@@ -31,6 +31,10 @@ const STREAMS: usize = 8;
 const STREAM_QUEUE: usize = 4096;
 /// Largest frame accepted from a peer.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Most queued frames written to a stream in one call.
+const WRITE_BATCH: usize = 256;
+/// Most bytes taken from a stream in one read.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// This node's QUIC endpoint and its links to peers.
 pub struct PeerPlane {
@@ -200,13 +204,13 @@ async fn write_stream(
     conn: Arc<tokio::sync::Mutex<Option<quinn::Connection>>>,
     mut rx: mpsc::Receiver<Bytes>,
 ) {
-    // The frame that failed to write is retried once on the new stream.
-    let mut pending: Option<Bytes> = None;
+    // The frames that failed to write are retried once on the new stream.
+    let mut pending: Vec<Bytes> = Vec::new();
     loop {
         let Some(c) = connect(&endpoint, &client, &addr, &conn).await else {
             // Unreachable: drop what queued meanwhile (receivers fill from
             // history) rather than grow, and try again shortly.
-            pending = None;
+            pending.clear();
             while rx.try_recv().is_ok() {
                 metrics::counter!("herald_peer_dropped_total", "peer" => node.to_string())
                     .increment(1);
@@ -225,15 +229,24 @@ async fn write_stream(
             continue;
         }
         loop {
-            let frame = match pending.take() {
-                Some(f) => f,
-                None => match rx.recv().await {
-                    Some(f) => f,
+            let mut batch = std::mem::take(&mut pending);
+            if batch.is_empty() {
+                match rx.recv().await {
+                    Some(f) => batch.push(f),
                     None => return,
-                },
-            };
-            if stream.write_all(&frame).await.is_err() {
-                pending = Some(frame);
+                }
+            }
+            // Whatever else queued meanwhile goes out in the same write:
+            // under load, one wake-up and one call per batch, not per frame.
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(f) => batch.push(f),
+                    Err(_) => break,
+                }
+            }
+            let mut chunks = batch.clone();
+            if stream.write_all_chunks(&mut chunks).await.is_err() {
+                pending = batch;
                 break;
             }
         }
@@ -294,33 +307,41 @@ async fn read_stream(
         return;
     }
     let peer = u64::from_be_bytes(id).to_string();
-    let mut len = [0u8; 4];
-    let mut body = Vec::new();
-    while stream.read_exact(&mut len).await.is_ok() {
-        let n = u32::from_be_bytes(len) as usize;
-        if n > MAX_FRAME {
-            tracing::warn!(peer, n, "oversized frame from peer; closing the stream");
-            let _ = stream.stop(1u32.into());
-            return;
+    let mut buf = bytes::BytesMut::new();
+    // Every frame complete in what has arrived is handed over as one batch,
+    // so a burst wakes the edge links once, as an applied batch does.
+    while let Ok(Some(chunk)) = stream.read_chunk(READ_CHUNK, true).await {
+        buf.extend_from_slice(&chunk.bytes);
+        let mut batch = Vec::new();
+        while let Some(len) = buf.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+            let n = u32::from_be_bytes(len) as usize;
+            if n > MAX_FRAME {
+                tracing::warn!(peer, n, "oversized frame from peer; closing the stream");
+                let _ = stream.stop(1u32.into());
+                return;
+            }
+            if buf.len() < 4 + n {
+                break;
+            }
+            let frame = buf.split_to(4 + n);
+            let Ok(p) = Publication::decode(&frame[4..]) else {
+                tracing::warn!(peer, "undecodable frame from peer; closing the stream");
+                let _ = stream.stop(2u32.into());
+                return;
+            };
+            metrics::counter!("herald_peer_received_publications_total", "peer" => peer.clone())
+                .increment(1);
+            metrics::counter!("herald_peer_received_bytes_total", "peer" => peer.clone())
+                .increment(4 + n as u64);
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            metrics::histogram!("herald_peer_commit_to_receive_seconds")
+                .record((now_ms - p.published_at_ms).max(0) as f64 / 1000.0);
+            batch.push(p);
         }
-        body.resize(n, 0);
-        if stream.read_exact(&mut body).await.is_err() {
-            return;
+        if !batch.is_empty() {
+            let _ = delivery.send(Arc::new(batch));
         }
-        let Ok(p) = Publication::decode(body.as_slice()) else {
-            tracing::warn!(peer, "undecodable frame from peer; closing the stream");
-            let _ = stream.stop(2u32.into());
-            return;
-        };
-        metrics::counter!("herald_peer_received_publications_total", "peer" => peer.clone())
-            .increment(1);
-        metrics::counter!("herald_peer_received_bytes_total", "peer" => peer.clone())
-            .increment(4 + n as u64);
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        metrics::histogram!("herald_peer_commit_to_receive_seconds")
-            .record((now_ms - p.published_at_ms).max(0) as f64 / 1000.0);
-        let _ = delivery.send(Arc::new(vec![p]));
     }
 }

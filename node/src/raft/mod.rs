@@ -52,6 +52,24 @@ pub enum Command {
         /// Channels it no longer has subscribers for.
         remove: Vec<String>,
     },
+    /// A fan-out node (outside Raft) is registered: by an operator
+    /// (`started: None`) or by the node itself when it starts (`started`
+    /// carries its QUIC address, and any interest it had is withdrawn).
+    /// Ignored for an id that is a Raft member.
+    RegisterFanout {
+        /// The node.
+        id: u64,
+        /// host:port of its gRPC API.
+        grpc_addr: String,
+        /// Its QUIC address, when the node itself announces a start.
+        started: Option<String>,
+    },
+    /// Forget a fan-out node: its registry entry, QUIC address and
+    /// interest. Ignored for an id that is a Raft member.
+    ForgetFanout {
+        /// The node.
+        id: u64,
+    },
 }
 
 /// What applying a command produced.

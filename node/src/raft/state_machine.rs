@@ -37,6 +37,29 @@ pub struct Applied {
     pub delivery: ChannelMembership,
 }
 
+/// [`Applied`] as versions without fan-out nodes wrote it.
+#[derive(Deserialize)]
+struct AppliedV1 {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, NodeInfo>,
+    channels: ChannelTable,
+    delivery: crate::membership::ChannelMembershipV1,
+}
+
+/// Decode a snapshot's state, of this version or the one before.
+fn decode_applied(bytes: &[u8]) -> Result<Applied, postcard::Error> {
+    decode::<Applied>(bytes).or_else(|e| {
+        decode::<AppliedV1>(bytes)
+            .map(|v1| Applied {
+                last_applied: v1.last_applied,
+                membership: v1.membership,
+                channels: v1.channels,
+                delivery: v1.delivery.into(),
+            })
+            .map_err(|_| e)
+    })
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<u64, NodeInfo>,
@@ -67,7 +90,7 @@ impl StateMachine {
         let r = db.begin_read()?;
         if let Some(v) = r.open_table(SNAPSHOT)?.get(CURRENT)? {
             let snap: StoredSnapshot = decode(v.value())?;
-            applied = decode(&snap.data)?;
+            applied = decode_applied(&snap.data)?;
         }
         let index = applied.last_applied.map_or(0, |l| l.index);
         let (applied_tx, _) = watch::channel(index);
@@ -214,6 +237,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         s.delivery.update(node, &add, &remove);
                         CommandResult::None
                     }
+                    EntryPayload::Normal(Command::RegisterFanout {
+                        id,
+                        grpc_addr,
+                        started,
+                    }) => {
+                        if s.membership.membership().get_node(&id).is_none() {
+                            s.delivery.register_fanout(id, grpc_addr, started);
+                        }
+                        CommandResult::None
+                    }
+                    EntryPayload::Normal(Command::ForgetFanout { id }) => {
+                        if s.membership.membership().get_node(&id).is_none() {
+                            s.delivery.forget(id);
+                        }
+                        CommandResult::None
+                    }
                     EntryPayload::Membership(m) => {
                         // A node that left the cluster no longer receives anything.
                         let gone: Vec<u64> = s
@@ -256,8 +295,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let applied: Applied =
-            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let applied: Applied = decode_applied(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,

@@ -63,8 +63,22 @@ pub(crate) fn herald_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> 
 impl DevCluster {
     /// Start `herald dev` and wait for its `ready` line.
     pub(crate) async fn spawn(herald: &Path, nodes: u64) -> anyhow::Result<Self> {
-        let mut child = Command::new(herald)
-            .args(["dev", "--nodes", &nodes.to_string()])
+        Self::spawn_with_policy(herald, nodes, None).await
+    }
+
+    /// Start `herald dev` with the channel policy file `policy` (its
+    /// `--config`), or its development policy.
+    pub(crate) async fn spawn_with_policy(
+        herald: &Path,
+        nodes: u64,
+        policy: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(herald);
+        command.args(["dev", "--nodes", &nodes.to_string()]);
+        if let Some(policy) = policy {
+            command.arg("--config").arg(policy);
+        }
+        let mut child = command
             // `herald dev` uses these as defaults for its own client flags.
             .env_remove("HERALD_SERVER")
             .env_remove("HERALD_API_KEY")

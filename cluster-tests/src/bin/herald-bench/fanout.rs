@@ -26,7 +26,6 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,16 +34,16 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use herald_proto::v1::PublishRequest;
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::crowd::{Crowd, lost_since};
 use crate::edge_target::{Target, TargetArgs};
 use crate::leader::{ApiKey, Leader};
 use crate::publish::{reason, retryable};
 use crate::report::Say;
 use crate::usage::{self, Usage, Watched};
-use crate::wsclient::{Dialer, Ended};
+use crate::wsclient::{Conn, Dialer};
 
 /// How long to wait for the cluster to have a leader.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
@@ -196,13 +195,15 @@ impl Settings {
     }
 }
 
-fn unix_us() -> u64 {
+/// Now, in Unix microseconds: what every benchmark publication carries.
+pub(crate) fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-fn histogram() -> Histogram<u64> {
+/// A latency histogram, 1 µs to 60 s at 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
         .expect("1 µs to 60 s at 3 significant digits is a valid histogram")
 }
@@ -243,14 +244,14 @@ fn offset(line: &str) -> Option<u64> {
 
 /// What subscribers saw of one step.
 #[derive(Debug)]
-struct StepSeen {
+pub(crate) struct StepSeen {
     /// Measured publications received (summed over subscribers).
-    delivered: u64,
+    pub(crate) delivered: u64,
     /// Delivery latency of those, microseconds.
-    latency_us: Histogram<u64>,
+    pub(crate) latency_us: Histogram<u64>,
     /// Offsets skipped / repeated, in messages of this step.
-    gaps: u64,
-    duplicates: u64,
+    pub(crate) gaps: u64,
+    pub(crate) duplicates: u64,
 }
 
 impl StepSeen {
@@ -287,12 +288,12 @@ struct Shard {
 
 /// Every subscriber's tally, sharded.
 #[derive(Debug)]
-struct Tallies {
+pub(crate) struct Tallies {
     shards: Vec<Mutex<Shard>>,
 }
 
 impl Tallies {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
@@ -305,19 +306,19 @@ impl Tallies {
     }
 
     /// Publications received so far, of any step.
-    fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         (0..SHARDS).map(|i| self.shard(i).received).sum()
     }
 
     /// Measured deliveries of `step` so far.
-    fn delivered(&self, step: usize) -> u64 {
+    pub(crate) fn delivered(&self, step: usize) -> u64 {
         (0..SHARDS)
             .map(|i| self.shard(i).steps.get(&step).map_or(0, |s| s.delivered))
             .sum()
     }
 
     /// Take `step`'s tallies; later messages of it are not counted.
-    fn collect(&self, step: usize) -> anyhow::Result<StepSeen> {
+    pub(crate) fn collect(&self, step: usize) -> anyhow::Result<StepSeen> {
         let mut total = StepSeen::new();
         for i in 0..SHARDS {
             let mut shard = self.shard(i);
@@ -331,14 +332,24 @@ impl Tallies {
 }
 
 /// One subscriber's view: records each publication it receives.
-struct Subscriber {
+pub(crate) struct Subscriber {
     tallies: Arc<Tallies>,
     index: usize,
     last_offset: u64,
 }
 
 impl Subscriber {
-    fn on_line(&mut self, line: &str) {
+    /// Subscriber number `index`, recording into `tallies`.
+    pub(crate) fn new(tallies: Arc<Tallies>, index: usize) -> Self {
+        Self {
+            tallies,
+            index,
+            last_offset: 0,
+        }
+    }
+
+    /// Record one pushed line (or NATS payload) carrying a heartbeat.
+    pub(crate) fn on_line(&mut self, line: &str) {
         let Some(hb) = heartbeat(line) else {
             return;
         };
@@ -577,67 +588,35 @@ async fn measure(settings: &Settings, target: &Target) -> anyhow::Result<(Value,
     // Subscribers.
     let dialer = Arc::new(Dialer::new(&target.ws_url, target.sources.clone()).await?);
     let tallies = Arc::new(Tallies::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let alive = Arc::new(AtomicUsize::new(0));
-    let current_step = Arc::new(AtomicUsize::new(0));
-    let lost: Arc<Mutex<BTreeMap<(usize, String), u64>>> = Arc::default();
-    let mut clients = JoinSet::new();
-    let gate = Arc::new(Semaphore::new(settings.connect_concurrency));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
-    let ramp = Instant::now();
-    for index in 0..settings.subscribers {
-        let permit = gate.clone().acquire_owned().await?;
-        let token = target.token(index)?;
-        let channel = settings.channel.clone();
-        let (dialer, stop, done, alive, lost, step) = (
-            dialer.clone(),
-            stop_rx.clone(),
-            done_tx.clone(),
-            alive.clone(),
-            lost.clone(),
-            current_step.clone(),
-        );
-        let mut subscriber = Subscriber {
-            tallies: tallies.clone(),
-            index,
-            last_offset: 0,
-        };
-        clients.spawn(async move {
-            let opened = dialer.open(index, &token, &channel).await;
-            drop(permit);
-            let conn = match opened {
-                Ok(conn) => conn,
-                Err(reason) => {
-                    let _ = done.send(Err(reason));
-                    return;
+    let mut crowd = Crowd::new();
+    let opened = crowd
+        .open(
+            0..settings.subscribers,
+            settings.connect_concurrency,
+            |index| {
+                let (dialer, channel) = (dialer.clone(), settings.channel.clone());
+                let token = target.token(index);
+                async move {
+                    dialer
+                        .open(index, &token.map_err(|e| e.to_string())?, &channel)
+                        .await
                 }
-            };
-            alive.fetch_add(1, Ordering::Relaxed);
-            let _ = done.send(Ok(()));
-            drop(done);
-            if let Ended::Lost(reason) = conn.run(stop, |l| subscriber.on_line(l)).await {
-                alive.fetch_sub(1, Ordering::Relaxed);
-                let at = step.load(Ordering::Relaxed);
-                *lost
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry((at, reason))
-                    .or_default() += 1;
-            }
-        });
-    }
-    drop(done_tx);
-    let mut failed: BTreeMap<String, u64> = BTreeMap::new();
-    while let Some(outcome) = done_rx.recv().await {
-        if let Err(reason) = outcome {
-            *failed.entry(reason).or_default() += 1;
-        }
-    }
-    let connected = alive.load(Ordering::Relaxed);
+            },
+            {
+                let tallies = tallies.clone();
+                move |index, conn: Conn, stop| {
+                    let mut subscriber = Subscriber::new(tallies.clone(), index);
+                    async move { conn.run(stop, |l| subscriber.on_line(l)).await }
+                }
+            },
+        )
+        .await?;
+    let failed = opened.failed;
+    let connected = crowd.alive();
     say.line(&format!(
         "subscribers: {connected} of {} connected and subscribed in {:.1} s{}",
         settings.subscribers,
-        ramp.elapsed().as_secs_f64(),
+        opened.ramp.as_secs_f64(),
         if failed.is_empty() {
             String::new()
         } else {
@@ -652,8 +631,8 @@ async fn measure(settings: &Settings, target: &Target) -> anyhow::Result<(Value,
     let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
     let mut steps: Vec<Step> = Vec::new();
     for (index, &rate) in settings.rates.iter().enumerate() {
-        current_step.store(index, Ordering::Relaxed);
-        let subscribers = alive.load(Ordering::Relaxed);
+        let subscribers = crowd.alive();
+        let lost_before = crowd.lost();
         let start = Instant::now();
         let window_start = start + settings.warmup;
         let window_end = window_start + settings.duration;
@@ -692,13 +671,7 @@ async fn measure(settings: &Settings, target: &Target) -> anyhow::Result<(Value,
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let seen = tallies.collect(index)?;
-        let lost_now: BTreeMap<String, u64> = lost
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|((at, _), _)| *at == index)
-            .map(|((_, r), n)| (r.clone(), *n))
-            .collect();
+        let lost_now = lost_since(&lost_before, &crowd.lost());
         let step = Step {
             rate,
             measured: window_end - window_start,
@@ -732,12 +705,7 @@ async fn measure(settings: &Settings, target: &Target) -> anyhow::Result<(Value,
             break;
         }
     }
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(STOP_GRACE, async {
-        while clients.join_next().await.is_some() {}
-    })
-    .await;
-    clients.abort_all();
+    crowd.stop(STOP_GRACE).await;
 
     for s in &steps {
         for line in details(s) {

@@ -10,23 +10,21 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::crowd::Crowd;
 use crate::edge_target::{Target, TargetArgs};
 use crate::group_commit;
 use crate::report::Say;
 use crate::usage::{self, Memory, Watched};
-use crate::wsclient::{Dialer, Ended};
+use crate::wsclient::{Conn, Dialer};
 
 /// Issue 3's target for one idle connection.
 const TARGET_BYTES: f64 = 8.0 * 1024.0;
@@ -270,70 +268,29 @@ async fn measure(settings: &Settings, target: &Target) -> anyhow::Result<(Value,
     ));
     say.line(TABLE_HEADER);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let alive = Arc::new(AtomicUsize::new(0));
-    let lost: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let mut clients = JoinSet::new();
+    let mut crowd = Crowd::new();
     let mut levels: Vec<Level> = Vec::new();
     let mut opened = 0usize;
     for &level in &settings.levels {
-        let started = Instant::now();
-        let gate = Arc::new(Semaphore::new(settings.concurrency));
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Duration, String>>();
-        for index in opened..level {
-            let permit = gate.clone().acquire_owned().await?;
-            let channel = match settings.mode {
-                ChannelMode::Shared => settings.channel.clone(),
-                ChannelMode::PerClient => format!("{}-{index}", settings.channel),
-            };
-            let token = target.token(index)?;
-            let (dialer, stop, done, alive, lost) = (
-                dialer.clone(),
-                stop_rx.clone(),
-                done_tx.clone(),
-                alive.clone(),
-                lost.clone(),
-            );
-            clients.spawn(async move {
-                let t0 = Instant::now();
-                let opened = dialer.open(index, &token, &channel).await;
-                drop(permit);
-                let conn = match opened {
-                    Ok(conn) => conn,
-                    Err(reason) => {
-                        let _ = done.send(Err(reason));
-                        return;
+        let batch = crowd
+            .open(
+                opened..level,
+                settings.concurrency,
+                |index| {
+                    let channel = match settings.mode {
+                        ChannelMode::Shared => settings.channel.clone(),
+                        ChannelMode::PerClient => format!("{}-{index}", settings.channel),
+                    };
+                    let (dialer, token) = (dialer.clone(), target.token(index));
+                    async move {
+                        let token = token.map_err(|e| e.to_string())?;
+                        dialer.open(index, &token, &channel).await
                     }
-                };
-                alive.fetch_add(1, Ordering::Relaxed);
-                let _ = done.send(Ok(t0.elapsed()));
-                drop(done);
-                drop(token);
-                if let Ended::Lost(reason) = conn.run(stop, |_| {}).await {
-                    alive.fetch_sub(1, Ordering::Relaxed);
-                    *lost
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(reason)
-                        .or_default() += 1;
-                }
-            });
-        }
-        drop(done_tx);
-        let mut failed = BTreeMap::new();
-        let mut open_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-            .context("a 1 µs to 10 min histogram")?;
-        while let Some(outcome) = done_rx.recv().await {
-            match outcome {
-                Ok(took) => {
-                    open_us.saturating_record(
-                        u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1),
-                    );
-                }
-                Err(reason) => *failed.entry(reason).or_default() += 1,
-            }
-        }
-        let ramp = started.elapsed();
+                },
+                |_, conn: Conn, stop| conn.run(stop, |_| {}),
+            )
+            .await?;
+        let (failed, open_us, ramp) = (batch.failed, batch.open_us, batch.ramp);
         opened = level;
 
         let idle = usage::Window::start(std::slice::from_ref(&edge));
@@ -343,7 +300,7 @@ async fn measure(settings: &Settings, target: &Target) -> anyhow::Result<(Value,
         let memory = snapshot(&edge, &target.nodes)?;
         let row = Level {
             level,
-            alive: alive.load(Ordering::Relaxed),
+            alive: crowd.alive(),
             failed,
             ramp,
             open_us,
@@ -355,14 +312,8 @@ async fn measure(settings: &Settings, target: &Target) -> anyhow::Result<(Value,
         levels.push(row);
     }
 
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(STOP_GRACE, async {
-        while clients.join_next().await.is_some() {}
-    })
-    .await;
-    clients.abort_all();
-
-    let lost = lost.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let lost = crowd.lost();
+    crowd.stop(STOP_GRACE).await;
     for row in &levels {
         if !row.failed.is_empty() {
             say.line(&format!(

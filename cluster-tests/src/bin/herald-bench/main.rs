@@ -12,9 +12,18 @@
 //! stepped rates through gRPC and reports delivered messages/s, end-to-end
 //! latency and the processes' CPU and memory. Both take `--smoke` too.
 //!
+//! `herald-bench compare` runs one scenario of the side-by-side comparison
+//! (broadcast, channels, durable, idle, storm) against Herald, Centrifugo or
+//! NATS, which it starts itself; `bench/compare` runs them all and writes
+//! `docs/benchmarks.md`. `herald-bench hold` is its helper process for idle
+//! clients.
+//!
 //! This file only parses the command line and maps the outcome to an exit
 //! code; each step of the work lives in its own module.
 
+mod compare;
+mod crowd;
+mod delivery;
 mod dev;
 mod edge_target;
 mod fanout;
@@ -54,6 +63,16 @@ enum Command {
     /// at stepped rates: delivered messages/s, end-to-end latency, CPU and
     /// memory.
     Fanout(fanout::FanoutArgs),
+    /// Five nodes with an edge each: QUIC fan-out (3 voters + 2 fan-out
+    /// nodes) against delivery from the Raft log (3 voters + 2 learners).
+    Delivery(delivery::DeliveryArgs),
+    /// One scenario of the side-by-side comparison (broadcast, channels,
+    /// durable, idle, storm) against Herald, Centrifugo or NATS, started by
+    /// the benchmark; one JSON document out.
+    Compare(compare::CompareArgs),
+    /// Hold idle clients for `compare --scenario idle` (a helper process).
+    #[command(hide = true)]
+    Hold(compare::idle::HoldArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +93,9 @@ fn main() -> ExitCode {
                 Command::Publish(args) => publish::run(args).await,
                 Command::Idle(args) => idle::run(args).await,
                 Command::Fanout(args) => fanout::run(args).await,
+                Command::Delivery(args) => delivery::run(args).await,
+                Command::Compare(args) => compare::run(args).await,
+                Command::Hold(args) => compare::idle::hold(args).await,
             }
         };
         // On Ctrl-C or SIGTERM the work future is dropped, which stops a

@@ -72,6 +72,29 @@ impl Dialer {
         token: &str,
         channel: &str,
     ) -> Result<Conn, String> {
+        let mut conn = self.connect(index, token).await?;
+        conn.subscribe(channel, None).await?;
+        Ok(conn)
+    }
+
+    /// Open client number `index` and send `connect` with `token`, without
+    /// subscribing.
+    pub(crate) async fn connect(&self, index: usize, token: &str) -> Result<Conn, String> {
+        let ws = self.websocket(index).await?;
+        let mut conn = Conn { ws, next_id: 2 };
+        let connect =
+            serde_json::json!({"id": 1, "connect": {"token": token, "name": "herald-bench"}});
+        conn.command(1, "connect", connect).await?;
+        Ok(conn)
+    }
+
+    /// A WebSocket to the server from the source address of client number
+    /// `index`, with the small buffers many thousands of clients need; the
+    /// protocol spoken over it is the caller's.
+    pub(crate) async fn websocket(
+        &self,
+        index: usize,
+    ) -> Result<WebSocketStream<TcpStream>, String> {
         let source = self.sources[index % self.sources.len()];
         let tcp = tokio::time::timeout(STEP_TIMEOUT, self.tcp(source))
             .await
@@ -94,13 +117,7 @@ impl Dialer {
             }
             other => format!("websocket handshake: {}", ws_reason(&other)),
         })?;
-        let mut conn = Conn { ws };
-        let connect =
-            serde_json::json!({"id": 1, "connect": {"token": token, "name": "herald-bench"}});
-        conn.command(1, "connect", connect).await?;
-        let subscribe = serde_json::json!({"id": 2, "subscribe": {"channel": channel}});
-        conn.command(2, "subscribe", subscribe).await?;
-        Ok(conn)
+        Ok(ws)
     }
 
     async fn tcp(&self, source: IpAddr) -> std::io::Result<TcpStream> {
@@ -130,12 +147,43 @@ pub(crate) enum Ended {
 #[derive(Debug)]
 pub(crate) struct Conn {
     ws: WebSocketStream<TcpStream>,
+    /// Id of the next command.
+    next_id: u64,
 }
 
 impl Conn {
+    /// Subscribe to `channel`; with `recover` (`offset`, `epoch`), ask for
+    /// the publications missed since that position. The reply's `subscribe`
+    /// object (`recovered`, `publications`, `offset`, `epoch`).
+    pub(crate) async fn subscribe(
+        &mut self,
+        channel: &str,
+        recover: Option<(u64, &str)>,
+    ) -> Result<Value, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut body = serde_json::json!({"channel": channel});
+        if let Some((offset, epoch)) = recover {
+            body["recover"] = Value::Bool(true);
+            body["offset"] = offset.into();
+            body["epoch"] = epoch.into();
+        }
+        let mut reply = self
+            .command(
+                id,
+                "subscribe",
+                serde_json::json!({"id": id, "subscribe": body}),
+            )
+            .await?;
+        Ok(reply
+            .get_mut("subscribe")
+            .map(Value::take)
+            .unwrap_or_default())
+    }
+
     /// Send `body` and wait for the reply with `id`; an error reply or a
     /// close is the failure's reason.
-    async fn command(&mut self, id: u64, method: &str, body: Value) -> Result<(), String> {
+    async fn command(&mut self, id: u64, method: &str, body: Value) -> Result<Value, String> {
         self.ws
             .send(Message::text(body.to_string()))
             .await
@@ -174,7 +222,7 @@ impl Conn {
                         error.get("code").and_then(Value::as_u64).unwrap_or(0)
                     ));
                 }
-                return Ok(());
+                return Ok(reply);
             }
         }
     }
