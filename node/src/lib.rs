@@ -148,16 +148,17 @@ pub async fn run(
             (Some(plane), Some(interest))
         }
     };
+    let (stop_tx, stop_rx) = watch::channel(false);
     let edge_link = EdgeLinkServer::new(grpc::edge_link::EdgeLinkService::new(
         replica.clone(),
         interest,
+        stop_rx.clone(),
     ));
     let admin = AdminServer::new(grpc::admin::AdminService::new(replica.clone()));
     let raft_rpc = RaftServer::new(grpc::raft::RaftService::new(raft.clone()))
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -201,7 +202,7 @@ pub async fn run(
     membership_task.abort();
     replica.step_down(Duration::from_secs(5)).await;
     let _ = stop_tx.send(true);
-    let _ = grpc_task.await;
+    drain(grpc_task).await;
     let _ = http_task.await;
     if let Some(p) = plane {
         p.close();
@@ -270,11 +271,12 @@ async fn run_fanout(
     let publisher = PublisherServer::new(grpc::fanout::FanoutPublisher::new(node.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE);
     let admin = AdminServer::new(grpc::fanout::FanoutAdmin::new(node.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
     let edge_link = EdgeLinkServer::new(grpc::edge_link::EdgeLinkService::new(
         node.clone(),
         Some(interest),
+        stop_rx.clone(),
     ));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -309,7 +311,7 @@ async fn run_fanout(
     maintain.abort();
     tails.abort();
     let _ = stop_tx.send(true);
-    let _ = grpc_task.await;
+    drain(grpc_task).await;
     let _ = http_task.await;
     plane.close();
     tracing::info!("stopped");
@@ -333,5 +335,17 @@ async fn register_quic(replica: Arc<Replica>, quic_addr: String) {
             tracing::debug!("registering the QUIC address: {e}; will retry");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Wait for the gRPC server's graceful shutdown, but not forever: a call
+/// that never ends (a client's stream we cannot close) must not keep the
+/// process alive past the orchestrator's grace period.
+async fn drain(task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+    const GRACE: Duration = Duration::from_secs(5);
+    let abort = task.abort_handle();
+    if tokio::time::timeout(GRACE, task).await.is_err() {
+        tracing::warn!("open gRPC calls did not finish within {GRACE:?}; closing them");
+        abort.abort();
     }
 }

@@ -11,7 +11,12 @@
 //!    it delivered; subscribers keep receiving while the cut lasts.
 //! 2. The same with the link cut one way only (the node's packets never
 //!    reach the edge; the edge's still reach the node).
-//! 3. The edge cut off from every node: `/readyz` turns 503 (`no EdgeLink`)
+//! 3. The node the edge is linked to cut off from the other nodes (the
+//!    edge still reaches it): that node loses its leader (or, leading, its
+//!    quorum) and turns unready; after 5 s unready it ends its edge links
+//!    with `UNAVAILABLE`, and the edge moves to a node of the majority
+//!    instead of leaving its clients starved until the partition heals.
+//! 4. The edge cut off from every node: `/readyz` turns 503 (`no EdgeLink`)
 //!    so a load balancer stops sending it clients; connected clients keep
 //!    their connections and are told on every command that needs the
 //!    cluster (error 100, `temporary: true`, so the SDKs retry); after
@@ -78,6 +83,14 @@ async fn an_edge_cut_off_from_its_node_moves_on_and_cut_off_from_all_turns_unrea
     catch_up(&load, &subscribers, "while cut off one way").await;
     cluster.net().heal().unwrap();
 
+    let (from, to, took) = cut_linked_node(&cluster, &edge, Cut::NodeFromMajority).await;
+    let minority = format!("{from}->{to}_in_{:.1}s", took.as_secs_f64());
+    eprintln!("node cut off from the majority: edge moved {minority}");
+    load.wait_acked_more(200, "with the edge's first node in a minority")
+        .await;
+    catch_up(&load, &subscribers, "while its first node is in a minority").await;
+    cluster.net().heal().unwrap();
+
     cluster.net().partition(&[EDGE], &ids).unwrap();
     let cut = Instant::now();
     let unready = loop {
@@ -118,6 +131,7 @@ async fn an_edge_cut_off_from_its_node_moves_on_and_cut_off_from_all_turns_unrea
     Verdict::new(SCENARIO, &ledger, retries, violations)
         .fact("failover_both_ways", both_ways)
         .fact("failover_one_way", one_way)
+        .fact("failover_from_minority", minority)
         .fact(
             "unready_after",
             format!("{:.1}s", unready_after.as_secs_f64()),
@@ -156,6 +170,8 @@ enum Cut {
     BothWays,
     /// The node's packets to the edge only.
     NodeToEdge,
+    /// The node from the other nodes; the edge still reaches it.
+    NodeFromMajority,
 }
 
 /// Cut the edge from the node its EdgeLink is on and wait (hang guard
@@ -168,6 +184,10 @@ async fn cut_linked_node(cluster: &Cluster, edge: &EdgeProc, cut: Cut) -> (u64, 
     match cut {
         Cut::BothWays => cluster.net().partition(&[EDGE], &[from]),
         Cut::NodeToEdge => cluster.net().partition_oneway(from, EDGE),
+        Cut::NodeFromMajority => {
+            let others: Vec<u64> = cluster.ids().into_iter().filter(|n| *n != from).collect();
+            cluster.net().partition(&[from], &others)
+        }
     }
     .unwrap();
     let start = Instant::now();

@@ -9,6 +9,12 @@
 //! behind the apply loop, or a snapshot was installed) triggers a fill from
 //! history first. If history no longer holds the gap, the edge is told with
 //! `recovered: false`, never silently skipped (guarantee 3).
+//!
+//! A link ends with `UNAVAILABLE` — and the edge moves to another node —
+//! when this node stops, and when it has been unready (no leader, cut off
+//! from the majority, far behind) for [`UNREADY_LIMIT`]: a node on the
+//! minority side of a partition would otherwise keep its edges linked and
+//! their clients silently starved until the partition healed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -22,7 +28,7 @@ use herald_proto::v1::{
     EdgeMessage, HistoryResponse, LinkError, LinkSubscribe, LinkSubscribed, NodeMessage,
     PresenceUpdate, Publication,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -37,6 +43,11 @@ const OUTBOUND: usize = 4096;
 /// How often a session retries gap fills whose history read failed (a
 /// fan-out node reads history from a voter, which may be unreachable).
 const RETRY_FILLS: Duration = Duration::from_secs(1);
+/// How long a node may stay unready before it sends its edges elsewhere:
+/// longer than an election, so a leader change does not move every edge.
+const UNREADY_LIMIT: Duration = Duration::from_secs(5);
+/// How often a session checks its node's readiness.
+const READINESS_CHECK: Duration = Duration::from_millis(500);
 
 /// Where a session reads history from.
 pub trait HistorySource: Send + Sync {
@@ -99,7 +110,7 @@ impl HistorySource for Replica {
 
 /// What an edge link is served from: a Raft replica, or a fan-out node that
 /// reads history from a voter.
-pub trait LinkBackend: HistorySource + 'static {
+pub trait LinkBackend: HistorySource + crate::http::Ops + 'static {
     /// Every publication this node hands to its edge links from now on.
     fn subscribe_delivery(&self) -> broadcast::Receiver<Arc<Vec<Publication>>>;
     /// A new link's presence handle.
@@ -342,13 +353,19 @@ fn message(m: NodeMsg) -> NodeMessage {
 pub struct EdgeLinkService<B> {
     backend: Arc<B>,
     interest: Option<Interest>,
+    stop: watch::Receiver<bool>,
 }
 
 impl<B: LinkBackend> EdgeLinkService<B> {
     /// Serve this backend; with `interest`, channels edges subscribe to are
-    /// registered so the leader pushes them here over QUIC.
-    pub fn new(backend: Arc<B>, interest: Option<Interest>) -> Self {
-        Self { backend, interest }
+    /// registered so the leader pushes them here over QUIC. Every link
+    /// ends once `stop` turns true.
+    pub fn new(backend: Arc<B>, interest: Option<Interest>, stop: watch::Receiver<bool>) -> Self {
+        Self {
+            backend,
+            interest,
+            stop,
+        }
     }
 }
 
@@ -371,6 +388,7 @@ impl<B: LinkBackend> EdgeLink for EdgeLinkService<B> {
             inbound,
             delivery,
             tx,
+            self.stop.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -382,8 +400,15 @@ async fn run_session<B: LinkBackend>(
     mut inbound: Streaming<EdgeMessage>,
     mut delivery: broadcast::Receiver<Arc<Vec<Publication>>>,
     tx: mpsc::Sender<Result<NodeMessage, Status>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     metrics::gauge!("herald_edge_links").increment(1.0);
+    let mut readiness = tokio::time::interval(READINESS_CHECK);
+    let mut unready_since: Option<tokio::time::Instant> = None;
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopping);
     let mut session = Session::new(backend.clone());
     let link = backend.new_presence_link();
     let mut retry = tokio::time::interval(RETRY_FILLS);
@@ -418,6 +443,22 @@ async fn run_session<B: LinkBackend>(
                 Err(broadcast::error::RecvError::Closed) => break 'session,
             },
             _ = retry.tick(), if session.has_unfilled() => session.retry_unfilled(&mut out).await,
+            () = &mut stopping => {
+                let _ = tx.send(Err(Status::unavailable("node shutting down"))).await;
+                break 'session;
+            }
+            _ = readiness.tick() => match backend.readiness() {
+                Ok(()) => unready_since = None,
+                Err(why) => {
+                    let since = *unready_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= UNREADY_LIMIT {
+                        metrics::counter!("herald_edge_links_shed_total").increment(1);
+                        let msg = format!("node unready for {UNREADY_LIMIT:?}: {why}");
+                        let _ = tx.send(Err(Status::unavailable(msg))).await;
+                        break 'session;
+                    }
+                }
+            },
         }
         for m in out.drain(..) {
             if tx.send(Ok(m)).await.is_err() {
