@@ -34,6 +34,9 @@ use herald_proto::v1::raft_server::RaftServer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::config::{DeliveryMode, NodeConfig, QuicConfig};
 use crate::fanout_node::FanoutNode;
@@ -111,14 +114,6 @@ pub async fn run(
     ));
 
     let keys = ApiKeys::new(config.api_keys.clone(), config.allow_unauthenticated);
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<PublisherServer<grpc::publisher::PublisherService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("gRPC reflection")?;
     let publisher = PublisherServer::new(grpc::publisher::PublisherService::new(replica.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE);
     let (plane, interest) = match &config.quic {
@@ -152,43 +147,24 @@ pub async fn run(
     let edge_link = EdgeLinkServer::new(grpc::edge_link::EdgeLinkService::new(
         replica.clone(),
         interest,
-        stop_rx.clone(),
+        stop_rx,
     ));
     let admin = AdminServer::new(grpc::admin::AdminService::new(replica.clone()));
     let raft_rpc = RaftServer::new(grpc::raft::RaftService::new(raft.clone()))
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
 
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let grpc_server = tonic::transport::Server::builder()
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            publisher,
-            keys.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            admin,
-            keys.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            edge_link,
-            keys.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            raft_rpc, keys,
-        ))
-        .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
-        );
-    let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(
-        axum::serve(listeners.http, http::router(replica.clone(), prometheus))
-            .with_graceful_shutdown(stopped(stop_rx))
-            .into_future(),
+    let routes = base_routes()
+        .await?
+        .add_service(InterceptedService::new(publisher, keys.clone()))
+        .add_service(InterceptedService::new(admin, keys.clone()))
+        .add_service(InterceptedService::new(edge_link, keys.clone()))
+        .add_service(InterceptedService::new(raft_rpc, keys));
+    let serving = Serving::start(
+        routes,
+        listeners,
+        http::router(replica.clone(), prometheus),
+        stop_tx,
     );
     let membership_task = tokio::spawn(startup::bootstrap_or_join(
         config.clone(),
@@ -201,9 +177,7 @@ pub async fn run(
     tracing::info!("shutting down");
     membership_task.abort();
     replica.step_down(Duration::from_secs(5)).await;
-    let _ = stop_tx.send(true);
-    drain(grpc_task).await;
-    let _ = http_task.await;
+    serving.stop().await;
     if let Some(p) = plane {
         p.close();
     }
@@ -260,14 +234,6 @@ async fn run_fanout(
     let tails = tokio::spawn(fanout_node::watch_tails(node.clone(), interest.clone()));
 
     let keys = ApiKeys::new(config.api_keys.clone(), config.allow_unauthenticated);
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<PublisherServer<grpc::fanout::FanoutPublisher>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("gRPC reflection")?;
     let publisher = PublisherServer::new(grpc::fanout::FanoutPublisher::new(node.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE);
     let admin = AdminServer::new(grpc::fanout::FanoutAdmin::new(node.clone()));
@@ -275,34 +241,18 @@ async fn run_fanout(
     let edge_link = EdgeLinkServer::new(grpc::edge_link::EdgeLinkService::new(
         node.clone(),
         Some(interest),
-        stop_rx.clone(),
+        stop_rx,
     ));
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let grpc_server = tonic::transport::Server::builder()
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            publisher,
-            keys.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            admin,
-            keys.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            edge_link, keys,
-        ))
-        .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
-        );
-    let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(
-        axum::serve(listeners.http, http::router(node.clone(), prometheus))
-            .with_graceful_shutdown(stopped(stop_rx))
-            .into_future(),
+    let routes = base_routes()
+        .await?
+        .add_service(InterceptedService::new(publisher, keys.clone()))
+        .add_service(InterceptedService::new(admin, keys.clone()))
+        .add_service(InterceptedService::new(edge_link, keys));
+    let serving = Serving::start(
+        routes,
+        listeners,
+        http::router(node.clone(), prometheus),
+        stop_tx,
     );
     tracing::info!(id = config.id, grpc = %config.grpc_listen, http = %config.http_listen, "fan-out node started");
 
@@ -310,9 +260,7 @@ async fn run_fanout(
     tracing::info!("shutting down");
     maintain.abort();
     tails.abort();
-    let _ = stop_tx.send(true);
-    drain(grpc_task).await;
-    let _ = http_task.await;
+    serving.stop().await;
     plane.close();
     tracing::info!("stopped");
     Ok(())
@@ -338,14 +286,70 @@ async fn register_quic(replica: Arc<Replica>, quic_addr: String) {
     }
 }
 
-/// Wait for the gRPC server's graceful shutdown, but not forever: a call
-/// that never ends (a client's stream we cannot close) must not keep the
-/// process alive past the orchestrator's grace period.
-async fn drain(task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
-    const GRACE: Duration = Duration::from_secs(5);
-    let abort = task.abort_handle();
-    if tokio::time::timeout(GRACE, task).await.is_err() {
-        tracing::warn!("open gRPC calls did not finish within {GRACE:?}; closing them");
-        abort.abort();
+/// What every node serves besides its own API: gRPC health (with
+/// `herald.v1.Publisher` serving) and reflection.
+async fn base_routes() -> anyhow::Result<Routes> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status(
+            <PublisherServer<grpc::publisher::PublisherService> as NamedService>::NAME,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("gRPC reflection")?;
+    Ok(Routes::new(health_service).add_service(reflection))
+}
+
+/// The gRPC and operations listeners, serving until [`Serving::stop`].
+struct Serving {
+    stop: watch::Sender<bool>,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Serving {
+    /// Serve `routes` (TCP_NODELAY on every connection) and `ops` until
+    /// `stop` is sent; services watching `stop` end their streams then.
+    fn start(
+        routes: Routes,
+        listeners: Listeners,
+        ops: axum::Router,
+        stop: watch::Sender<bool>,
+    ) -> Self {
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let grpc = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listeners.grpc)
+                    .with_nodelay(Some(true)),
+                stopped(stop.subscribe()),
+            );
+        let http = axum::serve(listeners.http, ops)
+            .with_graceful_shutdown(stopped(stop.subscribe()))
+            .into_future();
+        Self {
+            grpc: tokio::spawn(grpc),
+            http: tokio::spawn(http),
+            stop,
+        }
+    }
+
+    /// Stop accepting, and wait for open calls to finish, but not forever:
+    /// a call that never ends (a client's stream we cannot close) must not
+    /// keep the process alive past the orchestrator's grace period.
+    async fn stop(self) {
+        const GRACE: Duration = Duration::from_secs(5);
+        let _ = self.stop.send(true);
+        let abort = self.grpc.abort_handle();
+        if tokio::time::timeout(GRACE, self.grpc).await.is_err() {
+            tracing::warn!("open gRPC calls did not finish within {GRACE:?}; closing them");
+            abort.abort();
+        }
+        let _ = self.http.await;
     }
 }

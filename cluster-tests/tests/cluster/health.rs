@@ -5,12 +5,16 @@
 //! so a Service stops routing publishers to a node that cannot commit, and
 //! must refuse publishes rather than acknowledge what no majority stored
 //! (guarantee 1). Once the quorum is back it is ready again. `/metrics`
-//! serves Prometheus text.
+//! serves Prometheus text; the standard gRPC health service reports
+//! `herald.v1.Publisher` serving.
 
 use std::time::{Duration, Instant};
 
 use herald_cluster_tests::{Cluster, ClusterOptions, http_get};
 use herald_proto::v1::PublishRequest;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// Poll `path` on node `id` until it answers `status` (hang guard 30 s).
 async fn wait_for_status(cluster: &Cluster, id: u64, path: &str, status: u16) -> String {
@@ -43,6 +47,19 @@ async fn quorum_loss(pick: impl Fn(u64, &[u64]) -> u64) {
         let (code, _) = http_get(addr, "/healthz").await.unwrap();
         assert_eq!(code, 200, "node {id} /healthz");
         wait_for_status(&cluster, id, "/readyz", 200).await;
+        let health = HealthClient::new(herald_cluster_tests::client::channel(
+            cluster.node(id).grpc_addr(),
+        ))
+        .check(HealthCheckRequest {
+            service: "herald.v1.Publisher".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("node {id} grpc.health.v1 Check: {e}"));
+        assert_eq!(
+            health.into_inner().status,
+            ServingStatus::Serving as i32,
+            "node {id} gRPC health of herald.v1.Publisher"
+        );
         let (code, metrics) = http_get(addr, "/metrics").await.unwrap();
         assert_eq!(code, 200, "node {id} /metrics");
         assert!(
