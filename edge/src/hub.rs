@@ -13,10 +13,19 @@
 //! gets history up to where the live stream took over, buffered live
 //! publications after it, and nothing twice (guarantee 3).
 //!
+//! Each channel also keeps a [`Ring`] of its newest encoded publications,
+//! contiguous and ending at the delivered position, so a recovering client
+//! that missed only those is answered at once with the shared bytes, with no
+//! history read and no re-encoding. The ring is emptied whenever continuity
+//! is in doubt; it is only ever used when its last entry is the delivered
+//! position. A recovery the ring cannot answer reads history; while one
+//! such read is in flight, later recoverers it covers wait for it, and its
+//! answer (when it reaches the delivered position) becomes the ring.
+//!
 //! It never awaits while holding its lock, and never touches a socket:
 //! subscribers are [`Outbox`]es, pushed to without blocking.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -125,6 +134,70 @@ struct Subscriber {
     state: SubState,
 }
 
+/// The newest encoded publications of one channel: contiguous offsets of
+/// one epoch, oldest first, at most `cap`.
+#[derive(Debug, Default)]
+struct Ring(VecDeque<Arc<Encoded>>);
+
+impl Ring {
+    /// Append `enc`; whatever it does not continue is dropped first.
+    fn push(&mut self, enc: Arc<Encoded>, cap: usize) {
+        let continues = self
+            .0
+            .back()
+            .is_none_or(|b| b.epoch == enc.epoch && b.offset.0 + 1 == enc.offset.0);
+        if !continues {
+            self.0.clear();
+        }
+        self.0.push_back(enc);
+        while self.0.len() > cap {
+            self.0.pop_front();
+        }
+    }
+
+    /// Replace the contents with `pubs` (contiguous, ascending, ending at
+    /// the delivered position `pos`) if they reach further back than what
+    /// is kept now, keeping the newest `cap`.
+    fn seed(&mut self, pubs: &[Arc<Encoded>], pos: &Position, cap: usize) {
+        if pubs
+            .last()
+            .is_none_or(|l| l.epoch != pos.epoch || l.offset != pos.offset)
+        {
+            return;
+        }
+        let older = match (self.0.front(), pubs.first()) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(f), Some(p)) => p.offset < f.offset,
+        };
+        if older {
+            let skip = pubs.len().saturating_sub(cap);
+            self.0 = pubs[skip..].iter().cloned().collect();
+        }
+    }
+
+    /// Everything after `since` if the ring holds all of it up to `pos`
+    /// (its last entry must be `pos`: a ring not ending at the delivered
+    /// position is never trusted).
+    fn after(&self, since: &Position, pos: &Position) -> Option<Vec<Arc<Encoded>>> {
+        let (first, last) = (self.0.front()?, self.0.back()?);
+        if last.epoch != pos.epoch
+            || last.offset != pos.offset
+            || since.epoch != pos.epoch
+            || since.offset.0.saturating_add(1) < first.offset.0
+            || since.offset > pos.offset
+        {
+            return None;
+        }
+        let skip = usize::try_from(since.offset.0 + 1 - first.offset.0).ok()?;
+        Some(self.0.iter().skip(skip).cloned().collect())
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     /// Delivered position; `None` until the upstream answers.
@@ -133,6 +206,11 @@ struct Entry {
     /// arriving meanwhile.
     fill: Option<Vec<Publication>>,
     subs: HashMap<SubscriberId, Subscriber>,
+    /// The newest delivered publications, for recoveries.
+    ring: Ring,
+    /// The subscriber whose history read is in flight and the position it
+    /// reads after: waiting recoverers it covers do not read themselves.
+    reading: Option<(SubscriberId, Position)>,
 }
 
 /// Channel → local subscribers. Shared as `Arc<Hub>`.
@@ -253,6 +331,21 @@ impl Hub {
             Self::go_live(channel, sub, reply_id, pos, true, true, vec![]);
             return Next::Nothing;
         }
+        if let Some(pubs) = entry.ring.after(&since, &pos) {
+            metrics::counter!("herald_edge_recoveries_total", "recovered" => "true").increment(1);
+            metrics::counter!("herald_edge_recovery_reads_total", "source" => "cache").increment(1);
+            Self::go_live(channel, sub, reply_id, pos, true, true, pubs);
+            return Next::Nothing;
+        }
+        if let Some((_, reading)) = &entry.reading
+            && reading.epoch == since.epoch
+            && reading.offset <= since.offset
+        {
+            // Its answer will be in the ring; `start` runs again then.
+            return Next::Nothing;
+        }
+        entry.reading = Some((id, since.clone()));
+        metrics::counter!("herald_edge_recovery_reads_total", "source" => "history").increment(1);
         sub.state = SubState::Recovering {
             reply_id,
             since: since.clone(),
@@ -300,22 +393,68 @@ impl Hub {
         }
     }
 
+    /// A recovery read finished: apply it to `id`, then let the recoverers
+    /// that waited for it go on (most of them from the ring it seeded).
     fn finish_recovery(
         self: &Arc<Self>,
         channel: &ChannelName,
         id: SubscriberId,
         page: Result<HistoryPage, ClientError>,
     ) {
-        let next = {
+        let (next, waiting) = {
             let mut channels = self.lock();
             let Some(entry) = channels.get_mut(channel) else {
                 return;
             };
+            let waiting = if entry.reading.as_ref().is_some_and(|(r, _)| *r == id) {
+                entry.reading = None;
+                true
+            } else {
+                false
+            };
+            let next = self.recovered(&mut channels, channel, id, page);
+            let nexts = match channels.get_mut(channel) {
+                Some(entry) if waiting => self.start_waiting(channel, entry),
+                _ => vec![],
+            };
+            (next, nexts)
+        };
+        self.carry_out(channel, id, next);
+        for (id, next) in waiting {
+            self.carry_out(channel, id, next);
+        }
+    }
+
+    /// Start every subscriber still waiting on `entry`.
+    fn start_waiting(&self, channel: &ChannelName, entry: &mut Entry) -> Vec<(SubscriberId, Next)> {
+        let ids: Vec<SubscriberId> = entry
+            .subs
+            .iter()
+            .filter(|(_, s)| matches!(s.state, SubState::Waiting { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .map(|id| (id, self.start(channel, entry, id)))
+            .collect()
+    }
+
+    /// Apply a recovery read's answer to subscriber `id`.
+    fn recovered(
+        self: &Arc<Self>,
+        channels: &mut HashMap<ChannelName, Entry>,
+        channel: &ChannelName,
+        id: SubscriberId,
+        page: Result<HistoryPage, ClientError>,
+    ) -> Next {
+        {
+            let Some(entry) = channels.get_mut(channel) else {
+                return Next::Nothing;
+            };
             let Some(pos) = entry.position.clone() else {
-                return;
+                return Next::Nothing;
             };
             let Some(sub) = entry.subs.get_mut(&id) else {
-                return;
+                return Next::Nothing;
             };
             let SubState::Recovering {
                 reply_id,
@@ -324,7 +463,7 @@ impl Hub {
                 attempt,
             } = &mut sub.state
             else {
-                return;
+                return Next::Nothing;
             };
             let reply_id = *reply_id;
             match page {
@@ -336,7 +475,7 @@ impl Hub {
                     });
                     entry.subs.remove(&id);
                     metrics::gauge!("herald_edge_subscriptions").decrement(1.0);
-                    self.release_if_idle(&mut channels, channel);
+                    self.release_if_idle(channels, channel);
                     Next::Nothing
                 }
                 Err(_) => {
@@ -355,7 +494,10 @@ impl Hub {
                             }
                         }
                     }
-                    let covered_by_buffer = buffer.first().is_none_or(|b| b.offset.0 <= last + 1);
+                    // The buffer holds every publication delivered since the
+                    // read began, up to `pos`; empty, it covers nothing (the
+                    // node's history may lag what this edge delivered).
+                    let covered_by_buffer = buffer.first().is_some_and(|b| b.offset.0 <= last + 1);
                     if !missed_ok {
                         metrics::counter!("herald_edge_recoveries_total", "recovered" => "false")
                             .increment(1);
@@ -376,6 +518,13 @@ impl Hub {
                         // not be there yet (node ahead of this edge).
                         metrics::counter!("herald_edge_recoveries_total", "recovered" => "true")
                             .increment(1);
+                        // Contiguous up to the delivered position (and maybe
+                        // past it, the node being ahead): what the next
+                        // recoverers need, up to that position.
+                        let upto = pubs.partition_point(|p| p.offset <= pos.offset);
+                        entry
+                            .ring
+                            .seed(&pubs[..upto], &pos, self.recover_max as usize);
                         Self::go_live(channel, sub, reply_id, position, true, true, pubs);
                         Next::Nothing
                     } else if *attempt < RETRIES {
@@ -391,8 +540,7 @@ impl Hub {
                     }
                 }
             }
-        };
-        self.carry_out(channel, id, next);
+        }
     }
 
     /// Remove `id` from `channel`; the last subscriber leaving unsubscribes
@@ -455,7 +603,7 @@ impl Hub {
                 buffered.push(p);
                 return;
             }
-            match Self::deliver(entry, enc) {
+            match self.deliver(entry, enc) {
                 Ok(()) => return,
                 Err(()) => {
                     let from = entry.position.clone();
@@ -485,7 +633,7 @@ impl Hub {
 
     /// Hand `enc` to every subscriber if it continues the channel; `Err` if
     /// it is past a gap (or of another epoch).
-    fn deliver(entry: &mut Entry, enc: Arc<Encoded>) -> Result<(), ()> {
+    fn deliver(&self, entry: &mut Entry, enc: Arc<Encoded>) -> Result<(), ()> {
         let Some(pos) = &entry.position else {
             return Err(());
         };
@@ -497,6 +645,7 @@ impl Hub {
             return Err(());
         }
         entry.position = Some(enc.position());
+        entry.ring.push(enc.clone(), self.recover_max as usize);
         let mut delivered = 0u64;
         for sub in entry.subs.values_mut() {
             match &mut sub.state {
@@ -539,14 +688,23 @@ impl Hub {
             let mut gap = None;
             match (&entry.position, &mut entry.fill) {
                 (None, _) => entry.position = Some(answer.clone()),
-                (Some(_), Some(buffered)) => buffered.extend(ls.publications),
+                (Some(_), Some(buffered)) => {
+                    if !ls.recovered {
+                        entry.ring.clear();
+                    }
+                    buffered.extend(ls.publications);
+                }
                 (Some(pos), None) => {
+                    if !ls.recovered {
+                        // The node could not vouch for continuity.
+                        entry.ring.clear();
+                    }
                     let pos = pos.clone();
                     let mut ok = true;
                     if ls.recovered {
                         for p in ls.publications {
                             let c = channel.clone();
-                            if Self::deliver(entry, Arc::new(encode(c, &p))).is_err() {
+                            if self.deliver(entry, Arc::new(encode(c, &p))).is_err() {
                                 ok = false;
                                 break;
                             }
@@ -657,6 +815,7 @@ impl Hub {
                 }
                 Ok(page) if page.in_window => {
                     if entry.position.as_ref().is_some_and(|p| p.epoch.is_empty()) {
+                        entry.ring.clear();
                         entry.position = Some(since.clone());
                     }
                     let mut all: Vec<Publication> = page.publications;
@@ -664,7 +823,10 @@ impl Hub {
                     all.sort_by_key(|p| p.offset);
                     let mut gap = false;
                     for p in all {
-                        if Self::deliver(entry, Arc::new(encode(channel.clone(), &p))).is_err() {
+                        if self
+                            .deliver(entry, Arc::new(encode(channel.clone(), &p)))
+                            .is_err()
+                        {
                             gap = true;
                         }
                     }
@@ -712,6 +874,8 @@ impl Hub {
     fn lose_continuity(channel: &ChannelName, entry: &mut Entry, epoch: Epoch, offset: Offset) {
         metrics::counter!("herald_edge_continuity_lost_total").increment(1);
         entry.position = Some(Position { epoch, offset });
+        entry.ring.clear();
+        entry.reading = None;
         entry.subs.retain(|_, sub| {
             if matches!(sub.state, SubState::Waiting { .. }) {
                 return true;
@@ -730,12 +894,14 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
-    /// History from a vector of publications of one epoch.
+    /// History from a vector of publications of one epoch; counts the
+    /// reads made for recoveries (gap fills ask for at least 1000).
     #[derive(Default)]
-    struct Store(StdMutex<Vec<Publication>>);
+    struct Store(StdMutex<Vec<Publication>>, AtomicUsize);
 
     impl Store {
         fn push(&self, channel: &str, offset: u64) -> Publication {
@@ -759,6 +925,9 @@ mod tests {
             since: Position,
             limit: u32,
         ) -> BoxFuture<'static, Result<HistoryPage, ClientError>> {
+            if limit < 1000 {
+                self.1.fetch_add(1, Ordering::SeqCst);
+            }
             let all: Vec<Publication> = self
                 .0
                 .lock()
@@ -767,12 +936,13 @@ mod tests {
                 .filter(|p| p.channel == channel.as_str())
                 .cloned()
                 .collect();
-            let offset = all.last().map_or(0, |p| p.offset);
-            let publications = all
+            let offset = all.iter().map(|p| p.offset).max().unwrap_or(0);
+            let mut publications: Vec<Publication> = all
                 .into_iter()
                 .filter(|p| p.offset > since.offset.0)
-                .take(limit as usize)
                 .collect();
+            publications.sort_by_key(|p| p.offset);
+            publications.truncate(limit as usize);
             Box::pin(async move {
                 Ok(HistoryPage {
                     publications,
@@ -934,5 +1104,215 @@ mod tests {
         hub.publication(store.push("a", 1));
         hub.publication(store.push("a", 2));
         assert_eq!(received(&o).await, (Some(false), vec![1, 2]));
+    }
+
+    fn at(offset: u64) -> Option<Position> {
+        Some(Position {
+            epoch: Epoch::new("e"),
+            offset: Offset(offset),
+        })
+    }
+
+    fn reads(store: &Store) -> usize {
+        store.1.load(Ordering::SeqCst)
+    }
+
+    /// A channel `a` with one live subscriber (id 1) that was delivered
+    /// 1..=n live, so the ring holds them.
+    async fn live(n: u64) -> (Arc<Hub>, Arc<Store>, ChannelName) {
+        let (hub, store, _link) = setup();
+        let ch = ChannelName::new("a").unwrap();
+        hub.subscribe(&ch, 1, Arc::new(Outbox::new(1 << 20)), 1, None);
+        hub.subscribed(answer("a", 0));
+        for i in 1..=n {
+            hub.publication(store.push("a", i));
+        }
+        (hub, store, ch)
+    }
+
+    /// Guarantee 3 from the ring: the shared encoded publications after the
+    /// client's position, no history read, then live ones, nothing twice.
+    #[tokio::test]
+    async fn a_recovery_within_the_ring_is_answered_without_reading_history() {
+        let (hub, store, ch) = live(5).await;
+        let o = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 2, o.clone(), 7, at(2));
+        hub.publication(store.push("a", 6));
+        assert_eq!(received(&o).await, (Some(true), vec![3, 4, 5, 6]));
+        // From just before the ring's first entry, and from its last.
+        let (o0, o5) = (
+            Arc::new(Outbox::new(1 << 20)),
+            Arc::new(Outbox::new(1 << 20)),
+        );
+        hub.subscribe(&ch, 3, o0.clone(), 7, at(0));
+        hub.subscribe(&ch, 4, o5.clone(), 7, at(6));
+        assert_eq!(received(&o0).await, (Some(true), vec![1, 2, 3, 4, 5, 6]));
+        assert_eq!(received(&o5).await, (Some(true), vec![]));
+        assert_eq!(reads(&store), 0);
+    }
+
+    /// A position older than the ring reads history; the answer, reaching
+    /// the delivered position, becomes the ring for the next recoverer.
+    #[tokio::test]
+    async fn a_recovery_older_than_the_ring_reads_history_once() {
+        let (hub, store, _link) = setup();
+        let ch = ChannelName::new("a").unwrap();
+        hub.subscribe(&ch, 1, Arc::new(Outbox::new(1 << 20)), 1, None);
+        for i in 1..=5 {
+            store.push("a", i);
+        }
+        hub.subscribed(answer("a", 5));
+        hub.publication(store.push("a", 6));
+        hub.publication(store.push("a", 7));
+        let o = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 2, o.clone(), 7, at(3));
+        assert_eq!(received(&o).await, (Some(true), vec![4, 5, 6, 7]));
+        assert_eq!(reads(&store), 1);
+        let o = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 3, o.clone(), 7, at(4));
+        hub.publication(store.push("a", 8));
+        assert_eq!(received(&o).await, (Some(true), vec![5, 6, 7, 8]));
+        assert_eq!(reads(&store), 1);
+    }
+
+    /// An upstream answer that cannot vouch for continuity (`recovered:
+    /// false`, e.g. a new node after a fail-over) empties the ring.
+    #[tokio::test]
+    async fn the_ring_is_emptied_when_the_upstream_cannot_vouch_for_continuity() {
+        let (hub, store, ch) = live(5).await;
+        hub.subscribed(answer("a", 5));
+        let o = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 2, o.clone(), 7, at(2));
+        assert_eq!(received(&o).await, (Some(true), vec![3, 4, 5]));
+        assert_eq!(reads(&store), 1);
+    }
+
+    /// A gap that history cannot fill loses continuity: the ring (1, 2)
+    /// does not answer across it, and a recoverer history cannot serve
+    /// either is told `recovered: false`, never given a silent gap.
+    #[tokio::test]
+    async fn a_gap_that_cannot_be_filled_is_never_answered_across() {
+        let (hub, store, ch) = live(2).await;
+        // Offset 3 is in no history: the fill gives up after its retries.
+        hub.publication(store.push("a", 4));
+        let o = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 2, o.clone(), 7, at(1));
+        tokio::time::sleep(RETRY_DELAY * (2 * RETRIES + 4)).await;
+        hub.publication(store.push("a", 5));
+        assert_eq!(received(&o).await, (Some(false), vec![5]));
+        assert!(reads(&store) >= 1);
+    }
+
+    /// Ring entries are contiguous in one epoch and are used only when the
+    /// last is the delivered position.
+    #[test]
+    fn the_ring_keeps_one_contiguous_run_ending_at_the_position() {
+        let enc = |epoch: &str, offset: u64| {
+            let p = Publication {
+                channel: "a".into(),
+                offset,
+                epoch: epoch.into(),
+                data: b"{}".to_vec().into(),
+                content_type: "application/json".into(),
+                ..Default::default()
+            };
+            Arc::new(encode(ChannelName::new("a").unwrap(), &p))
+        };
+        let pos = |epoch: &str, offset: u64| Position {
+            epoch: Epoch::new(epoch),
+            offset: Offset(offset),
+        };
+        let offsets = |v: Option<Vec<Arc<Encoded>>>| {
+            v.map(|v| v.iter().map(|e| e.offset.0).collect::<Vec<_>>())
+        };
+        let mut ring = Ring::default();
+        for i in 1..=5 {
+            ring.push(enc("e", i), 3);
+        }
+        assert_eq!(
+            offsets(ring.after(&pos("e", 2), &pos("e", 5))),
+            Some(vec![3, 4, 5])
+        );
+        assert_eq!(offsets(ring.after(&pos("e", 1), &pos("e", 5))), None);
+        assert_eq!(offsets(ring.after(&pos("e", 3), &pos("e", 6))), None);
+        assert_eq!(offsets(ring.after(&pos("x", 3), &pos("e", 5))), None);
+        // A new epoch, or a jump, starts the ring over.
+        ring.push(enc("f", 1), 3);
+        assert_eq!(
+            offsets(ring.after(&pos("f", 0), &pos("f", 1))),
+            Some(vec![1])
+        );
+        ring.push(enc("f", 3), 3);
+        assert_eq!(offsets(ring.after(&pos("f", 1), &pos("f", 3))), None);
+        assert_eq!(
+            offsets(ring.after(&pos("f", 2), &pos("f", 3))),
+            Some(vec![3])
+        );
+    }
+
+    /// Recoverers arriving together share one history read, and each gets
+    /// exactly what it missed, then the live stream.
+    #[tokio::test]
+    async fn concurrent_recoverers_share_one_history_read() {
+        let (hub, store, _link) = setup();
+        let ch = ChannelName::new("a").unwrap();
+        for i in 1..=5 {
+            store.push("a", i);
+        }
+        let outboxes: Vec<Arc<Outbox>> = (0..20).map(|_| Arc::new(Outbox::new(1 << 20))).collect();
+        for (id, o) in outboxes.iter().enumerate() {
+            hub.subscribe(&ch, id as u64, o.clone(), 1, at(2));
+        }
+        hub.subscribed(answer("a", 5));
+        hub.publication(store.push("a", 6));
+        for o in &outboxes {
+            assert_eq!(received(o).await, (Some(true), vec![3, 4, 5, 6]));
+        }
+        assert_eq!(reads(&store), 1);
+        // One further behind than the read in flight reads for itself.
+        let late = Arc::new(Outbox::new(1 << 20));
+        let older = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 100, late.clone(), 1, at(4));
+        hub.subscribe(&ch, 101, older.clone(), 1, at(1));
+        assert_eq!(received(&late).await, (Some(true), vec![5, 6]));
+        assert_eq!(received(&older).await, (Some(true), vec![2, 3, 4, 5, 6]));
+        assert_eq!(reads(&store), 2);
+    }
+
+    /// A client ahead of this edge is not replayed the ring.
+    #[tokio::test]
+    async fn a_client_ahead_of_the_ring_gets_only_what_follows_it() {
+        let (hub, store, ch) = live(3).await;
+        let o = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe(&ch, 2, o.clone(), 7, at(5));
+        for i in 4..=6 {
+            hub.publication(store.push("a", i));
+        }
+        assert_eq!(received(&o).await, (Some(true), vec![6]));
+        assert_eq!(reads(&store), 0);
+    }
+
+    /// A history answer reaching past this edge's position (the node is
+    /// ahead) still serves the recoverers waiting on it, up to the edge's
+    /// position; the rest reaches them live, once.
+    #[tokio::test]
+    async fn a_read_ahead_of_the_edge_still_serves_the_waiting_recoverers() {
+        let (hub, store, _link) = setup();
+        let ch = ChannelName::new("a").unwrap();
+        for i in 1..=7 {
+            store.push("a", i);
+        }
+        let outboxes: Vec<Arc<Outbox>> = (0..5).map(|_| Arc::new(Outbox::new(1 << 20))).collect();
+        for (id, o) in outboxes.iter().enumerate() {
+            hub.subscribe(&ch, id as u64, o.clone(), 1, at(2));
+        }
+        hub.subscribed(answer("a", 5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        hub.publication(store.0.lock().unwrap()[5].clone());
+        hub.publication(store.0.lock().unwrap()[6].clone());
+        for o in &outboxes {
+            assert_eq!(received(o).await, (Some(true), vec![3, 4, 5, 6, 7]));
+        }
+        assert_eq!(reads(&store), 1);
     }
 }
