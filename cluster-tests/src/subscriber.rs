@@ -138,21 +138,11 @@ impl Record {
     /// The newest position seen on `channel`: the last publication's offset
     /// or the last subscribe reply's offset, whichever is later.
     pub fn position(&self, channel: &str) -> Option<(String, u64)> {
-        let mut pos: Option<(String, u64)> = None;
+        let mut pos = None;
         for e in self.channels.get(channel)? {
-            match e {
-                Event::Subscribed { epoch, offset, .. } => {
-                    let keep = pos.as_ref().map_or(0, |(_, o)| *o);
-                    pos = Some((epoch.clone(), keep.max(*offset)));
-                }
-                Event::Publication { offset, .. } => {
-                    if let Some(p) = pos.as_mut() {
-                        p.1 = p.1.max(*offset);
-                    }
-                }
-            }
+            advance(&mut pos, e);
         }
-        pos
+        pos.map(|(epoch, offset)| (epoch.to_string(), offset))
     }
 
     /// Publications received on every channel (recovered ones included).
@@ -166,20 +156,7 @@ impl Record {
 
     /// Resubscribes the edge answered with `recovered: false`.
     pub fn not_recovered(&self) -> usize {
-        self.channels
-            .values()
-            .flatten()
-            .filter(|e| {
-                matches!(
-                    e,
-                    Event::Subscribed {
-                        recovering: true,
-                        recovered: false,
-                        ..
-                    }
-                )
-            })
-            .count()
+        self.resubscribes(false)
     }
 
     /// The bodies of the HTTP refusals of WebSocket handshakes (an edge
@@ -202,30 +179,21 @@ impl Record {
         for (channel, events) in &self.channels {
             let mut at: Option<(&str, u64)> = None;
             for e in events {
-                match e {
-                    Event::Subscribed {
-                        epoch,
-                        offset,
-                        recovering,
-                        recovered,
-                    } => {
-                        if *recovering && !*recovered {
-                            let (from_epoch, from) = at.unwrap_or(("", 0));
-                            lines.push(format!(
-                                "subscriber {} {channel}: recovering from {from} (epoch {from_epoch:?}), \
-                                 the edge answered offset {offset} (epoch {epoch:?})",
-                                self.name
-                            ));
-                        }
-                        let keep = at.map_or(0, |(_, o)| o);
-                        at = Some((epoch, keep.max(*offset)));
-                    }
-                    Event::Publication { offset, .. } => {
-                        if let Some(p) = at.as_mut() {
-                            p.1 = p.1.max(*offset);
-                        }
-                    }
+                if let Event::Subscribed {
+                    epoch,
+                    offset,
+                    recovering: true,
+                    recovered: false,
+                } = e
+                {
+                    let (from_epoch, from) = at.unwrap_or(("", 0));
+                    lines.push(format!(
+                        "subscriber {} {channel}: recovering from {from} (epoch {from_epoch:?}), \
+                         the edge answered offset {offset} (epoch {epoch:?})",
+                        self.name
+                    ));
                 }
+                advance(&mut at, e);
             }
         }
         lines
@@ -233,18 +201,16 @@ impl Record {
 
     /// Resubscribes the edge answered with `recovered: true`.
     pub fn recovered(&self) -> usize {
+        self.resubscribes(true)
+    }
+
+    /// Resubscribes (subscribes asking to recover) answered `recovered`.
+    fn resubscribes(&self, recovered: bool) -> usize {
         self.channels
             .values()
             .flatten()
             .filter(|e| {
-                matches!(
-                    e,
-                    Event::Subscribed {
-                        recovering: true,
-                        recovered: true,
-                        ..
-                    }
-                )
+                matches!(e, Event::Subscribed { recovering: true, recovered: r, .. } if *r == recovered)
             })
             .count()
     }
@@ -574,6 +540,22 @@ impl Session<'_> {
             .entry(channel.to_string())
             .or_default()
             .push(event);
+    }
+}
+
+/// Move a running stream position past one event: a subscribe reply sets
+/// the epoch and never moves the offset back; a publication moves it on.
+fn advance<'a>(pos: &mut Option<(&'a str, u64)>, e: &'a Event) {
+    match e {
+        Event::Subscribed { epoch, offset, .. } => {
+            let keep = pos.map_or(0, |(_, o)| o);
+            *pos = Some((epoch, keep.max(*offset)));
+        }
+        Event::Publication { offset, .. } => {
+            if let Some(p) = pos.as_mut() {
+                p.1 = p.1.max(*offset);
+            }
+        }
     }
 }
 

@@ -128,6 +128,23 @@ impl Client {
             .is_some_and(|i| i.caps.allows(action, channel.as_str()))
     }
 
+    /// The channel a command names, when it is valid and the connection's
+    /// capabilities allow `action` on it; otherwise the error reply is sent
+    /// (and a refusal counted) and `None` returned.
+    pub fn permitted_channel(&self, id: u32, name: &str, action: Action) -> Option<ChannelName> {
+        let Ok(channel) = ChannelName::new(name) else {
+            self.error(id, &ClientError::UNKNOWN_CHANNEL);
+            return None;
+        };
+        if !self.allows(action, &channel) {
+            metrics::counter!("herald_edge_auth_failures_total", "reason" => "forbidden")
+                .increment(1);
+            self.error(id, &ClientError::PERMISSION_DENIED);
+            return None;
+        }
+        Some(channel)
+    }
+
     /// Queue bytes for the client.
     pub fn send(&self, b: Bytes) {
         let _ = self.outbox.push(Item::Frame(b));

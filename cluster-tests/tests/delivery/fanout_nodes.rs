@@ -22,7 +22,7 @@ use std::time::Duration;
 use herald_cluster_tests::ledger::{self, Ledger};
 use herald_cluster_tests::load::{Load, LoadSpec};
 use herald_cluster_tests::{
-    Cluster, ClusterOptions, EdgeProc, Network, Subscriber, SubscriberOptions, announce,
+    Cluster, ClusterOptions, EdgeProc, Network, Publisher, Subscriber, SubscriberOptions, announce,
     check_subscriber, edge_token,
 };
 
@@ -412,21 +412,7 @@ async fn fanout_nodes_are_added_listed_and_removed() {
     .await;
     let leader = cluster.status(1).await.unwrap().leader_id.unwrap();
     let mut publisher = cluster.publisher(leader);
-    for i in 0..10 {
-        publisher
-            .publish(ledger::request(i, "fo:admin"))
-            .await
-            .unwrap();
-    }
-    let got = link.publications(10).await;
-    assert_eq!(
-        got.iter().map(|p| p.offset).collect::<Vec<_>>(),
-        (1..=10).collect::<Vec<_>>()
-    );
-    eventually("the pushes to arrive over QUIC", || async {
-        counter(http, "herald_peer_received_publications_total").await >= 10.0
-    })
-    .await;
+    publish_and_receive(&mut publisher, &mut link, http, 0..10).await;
 
     // Restarted (on a new QUIC port): it registers again, and the leader
     // pushes to the new address.
@@ -442,21 +428,7 @@ async fn fanout_nodes_are_added_listed_and_removed() {
         counter(http, "herald_interest_changes_total").await >= 1.0
     })
     .await;
-    for i in 10..15 {
-        publisher
-            .publish(ledger::request(i, "fo:admin"))
-            .await
-            .unwrap();
-    }
-    let got = link.publications(5).await;
-    assert_eq!(
-        got.iter().map(|p| p.offset).collect::<Vec<_>>(),
-        (11..=15).collect::<Vec<_>>()
-    );
-    eventually("pushes to reach the restarted node over QUIC", || async {
-        counter(http, "herald_peer_received_publications_total").await >= 5.0
-    })
-    .await;
+    publish_and_receive(&mut publisher, &mut link, http, 10..15).await;
 
     // Removed through the fan-out node itself (forwarded to the leader).
     let (ok, out) = cli(
@@ -500,6 +472,33 @@ async fn fanout_nodes_are_added_listed_and_removed() {
 /// Presence spans fan-out nodes: a client of a fan-out node's edge is listed
 /// by a query on any node, and its join reaches a client of a voter (relayed
 /// through a voter, since a fan-out node does not hold the interest table).
+/// Publish ledger ids `ids` to `fo:admin` (offsets `ids.start + 1..=ids.end`
+/// on a fresh channel) and check that the fan-out node's `link` receives
+/// exactly those, pushed to it over QUIC (its counter since its last start).
+async fn publish_and_receive(
+    publisher: &mut Publisher,
+    link: &mut Link,
+    http: std::net::SocketAddr,
+    ids: std::ops::Range<u64>,
+) {
+    for i in ids.clone() {
+        publisher
+            .publish(ledger::request(i, "fo:admin"))
+            .await
+            .unwrap();
+    }
+    let n = ids.end - ids.start;
+    let got = link.publications(n as usize).await;
+    assert_eq!(
+        got.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        (ids.start + 1..=ids.end).collect::<Vec<_>>()
+    );
+    eventually("the pushes to arrive over QUIC", || async {
+        counter(http, "herald_peer_received_publications_total").await >= n as f64
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_includes_clients_of_fanout_nodes() {
     let tls = tempfile::tempdir().unwrap();

@@ -43,10 +43,7 @@ async fn bad_input_is_answered_and_disturbs_no_one_else() {
         publish(&mut publisher, WATCH, n).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    script.send("done").await;
-    let summary = script
-        .expect(Duration::from_secs(10), |v| v["event"] == "summary")
-        .await;
+    let summary = script.summary().await;
 
     assert_eq!(cases["invalid_json"]["closed"]["code"], 3501);
     assert_eq!(cases["binary_garbage"]["closed"]["code"], 3506);

@@ -300,6 +300,19 @@ impl Script {
             .expect("write to script");
     }
 
+    /// Tell the script it is done and return its `summary` line.
+    pub(crate) async fn summary(&mut self) -> Value {
+        self.send("done").await;
+        self.expect(Duration::from_secs(10), |v| v["event"] == "summary")
+            .await
+    }
+
+    /// Wait until the script reports the publication at `offset`.
+    pub(crate) async fn expect_pub(&mut self, within: Duration, offset: u64) -> Value {
+        self.expect(within, |v| v["event"] == "pub" && v["offset"] == offset)
+            .await
+    }
+
     /// Wait for the script to exit.
     pub(crate) async fn finish(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;

@@ -52,11 +52,7 @@ async fn protobuf_sdk_streams_reads_and_recovers_on_another_edge() {
     for n in 2..=30 {
         publish(&mut publisher, CHANNEL, n).await;
     }
-    let last = script
-        .expect(Duration::from_secs(20), |v| {
-            v["event"] == "pub" && v["offset"] == 30
-        })
-        .await;
+    let last = script.expect_pub(Duration::from_secs(20), 30).await;
     assert_eq!(last["data"], json!({"n": 30}));
     assert_eq!(last["binary"], true, "the payload arrives as bytes");
 
@@ -100,15 +96,8 @@ async fn protobuf_sdk_streams_reads_and_recovers_on_another_edge() {
     for n in 31..=60 {
         publish(&mut publisher, CHANNEL, n).await;
     }
-    script
-        .expect(Duration::from_secs(30), |v| {
-            v["event"] == "pub" && v["offset"] == 60
-        })
-        .await;
-    script.send("done").await;
-    let summary = script
-        .expect(Duration::from_secs(10), |v| v["event"] == "summary")
-        .await;
+    script.expect_pub(Duration::from_secs(30), 60).await;
+    let summary = script.summary().await;
     assert_eq!(
         offsets(&summary["offsets"]),
         (1..=60).collect::<Vec<u64>>(),

@@ -30,11 +30,7 @@ async fn every_publication_once_in_order_across_node_and_edge_failover() {
     for n in 1..=30 {
         publish(&mut publisher, CHANNEL, n).await;
     }
-    script
-        .expect(Duration::from_secs(20), |v| {
-            v["event"] == "pub" && v["offset"] == 30
-        })
-        .await;
+    script.expect_pub(Duration::from_secs(20), 30).await;
 
     // Kill the node edge 1 is linked to; keep publishing meanwhile.
     let linked = e1.linked_node().await.expect("edge 1 linked");
@@ -45,11 +41,7 @@ async fn every_publication_once_in_order_across_node_and_edge_failover() {
     for n in 31..=60 {
         publish(&mut publisher, CHANNEL, n).await;
     }
-    script
-        .expect(Duration::from_secs(30), |v| {
-            v["event"] == "pub" && v["offset"] == 60
-        })
-        .await;
+    script.expect_pub(Duration::from_secs(30), 60).await;
     let relinked = e1.linked_node().await.expect("edge 1 relinked");
     assert_ne!(relinked, linked, "edge 1 moved to another node");
 
@@ -58,15 +50,8 @@ async fn every_publication_once_in_order_across_node_and_edge_failover() {
     for n in 61..=90 {
         publish(&mut publisher, CHANNEL, n).await;
     }
-    script
-        .expect(Duration::from_secs(30), |v| {
-            v["event"] == "pub" && v["offset"] == 90
-        })
-        .await;
-    script.send("done").await;
-    let summary = script
-        .expect(Duration::from_secs(10), |v| v["event"] == "summary")
-        .await;
+    script.expect_pub(Duration::from_secs(30), 90).await;
+    let summary = script.summary().await;
     let got = offsets(&summary["offsets"]);
     assert_eq!(
         got,

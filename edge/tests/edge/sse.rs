@@ -51,10 +51,7 @@ async fn sse_resumes_every_channel_from_last_event_id() {
         })
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    script.send("done").await;
-    let summary = script
-        .expect(Duration::from_secs(10), |v| v["event"] == "summary")
-        .await;
+    let summary = script.summary().await;
     let want: Vec<u64> = (1..=20).collect();
     assert_eq!(offsets(&summary["received"][A]), want, "channel {A}");
     assert_eq!(offsets(&summary["received"][B]), want, "channel {B}");

@@ -102,10 +102,7 @@ async fn expiring_subscription_tokens_are_refreshed_or_end_the_subscription() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     for (format, _, mut script) in scripts {
-        script.send("done").await;
-        let summary = script
-            .expect(Duration::from_secs(10), |v| v["event"] == "summary")
-            .await;
+        let summary = script.summary().await;
         check(format, &summary);
         script.finish().await;
     }

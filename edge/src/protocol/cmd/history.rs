@@ -6,7 +6,6 @@
 use serde::Deserialize;
 
 use crate::auth::Action;
-use crate::channel::ChannelName;
 use crate::channel::{Epoch, Offset, Position};
 use crate::client::Client;
 use crate::protocol::codes::{ClientError, Disconnect};
@@ -50,16 +49,9 @@ const UNRECOVERABLE: ClientError = ClientError {
 impl Request {
     pub(super) fn apply(self, id: u32, client: &mut Client) -> Result<(), Disconnect> {
         client.connected()?;
-        let Ok(channel) = ChannelName::new(&self.channel) else {
-            client.error(id, &ClientError::UNKNOWN_CHANNEL);
+        let Some(channel) = client.permitted_channel(id, &self.channel, Action::History) else {
             return Ok(());
         };
-        if !client.allows(Action::History, &channel) {
-            metrics::counter!("herald_edge_auth_failures_total", "reason" => "forbidden")
-                .increment(1);
-            client.error(id, &ClientError::PERMISSION_DENIED);
-            return Ok(());
-        }
         let upstream = client.edge.upstream.clone();
         let outbox = client.outbox.clone();
         let format = client.format;

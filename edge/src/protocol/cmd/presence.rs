@@ -7,7 +7,6 @@ use herald_proto::client_v2 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Action;
-use crate::channel::ChannelName;
 use crate::client::Client;
 use crate::protocol::codes::{ClientError, Disconnect};
 use crate::protocol::format::ReplyBody;
@@ -26,16 +25,9 @@ pub struct Request {
 impl Request {
     pub(super) fn apply(self, id: u32, client: &mut Client, stats: bool) -> Result<(), Disconnect> {
         client.connected()?;
-        let Ok(channel) = ChannelName::new(&self.channel) else {
-            client.error(id, &ClientError::UNKNOWN_CHANNEL);
+        let Some(channel) = client.permitted_channel(id, &self.channel, Action::Presence) else {
             return Ok(());
         };
-        if !client.allows(Action::Presence, &channel) {
-            metrics::counter!("herald_edge_auth_failures_total", "reason" => "forbidden")
-                .increment(1);
-            client.error(id, &ClientError::PERMISSION_DENIED);
-            return Ok(());
-        }
         let upstream = client.edge.upstream.clone();
         let outbox = client.outbox.clone();
         let format = client.format;

@@ -11,7 +11,6 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::auth::Action;
-use crate::channel::ChannelName;
 use crate::client::Client;
 use crate::protocol::codes::{ClientError, Disconnect};
 use crate::protocol::format::EmptyReply;
@@ -63,16 +62,9 @@ impl Request {
 impl Request {
     pub(super) fn apply(self, id: u32, client: &mut Client) -> Result<(), Disconnect> {
         let user = client.connected()?.user.clone();
-        let Ok(channel) = ChannelName::new(&self.channel) else {
-            client.error(id, &ClientError::UNKNOWN_CHANNEL);
+        let Some(channel) = client.permitted_channel(id, &self.channel, Action::Publish) else {
             return Ok(());
         };
-        if !client.allows(Action::Publish, &channel) {
-            metrics::counter!("herald_edge_auth_failures_total", "reason" => "forbidden")
-                .increment(1);
-            client.error(id, &ClientError::PERMISSION_DENIED);
-            return Ok(());
-        }
         let upstream = client.edge.upstream.clone();
         let outbox = client.outbox.clone();
         let client_id = client.client_id.clone();
