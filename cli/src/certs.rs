@@ -1,41 +1,78 @@
-//! `herald certs`: a throwaway cluster CA and node certificates for the QUIC
-//! delivery plane, for development and tests. Production clusters bring
-//! their own CA (cert-manager, Vault, ...); the only requirement is that a
-//! node certificate carries the DNS name `herald-node`.
+//! `herald certs`: a throwaway cluster CA and one certificate per identity
+//! (`docs/security.md`), for development and tests. Production clusters
+//! bring their own CA (cert-manager, Vault, ...); the requirements are that
+//! a node certificate carries the DNS name `herald-node` and the URI
+//! `herald://node/<id>` of that one node, and an edge certificate the URI
+//! `herald://edge`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use herald_proto::identity;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 
 /// The DNS name nodes verify each other by.
 pub(crate) const NODE_NAME: &str = "herald-node";
 
 #[derive(Debug, Args)]
 pub(crate) struct CertsArgs {
-    /// Directory to write `ca.pem`, `ca-key.pem`, `node.pem`, `node-key.pem`.
+    /// Directory to write `ca.pem`, `ca-key.pem`, `node-<id>.pem`,
+    /// `node-<id>-key.pem` for every node id, `edge.pem`, `edge-key.pem`.
     #[arg(long)]
     out: PathBuf,
+    /// Write node certificates for ids 1 to this.
+    #[arg(long, default_value_t = 16)]
+    nodes: u64,
 }
 
 /// Paths of a generated set.
 pub(crate) struct CertSet {
     pub(crate) ca: PathBuf,
-    pub(crate) cert: PathBuf,
-    pub(crate) key: PathBuf,
+    dir: PathBuf,
+}
+
+impl CertSet {
+    /// The set already in `dir`.
+    pub(crate) fn existing(dir: &Path) -> Self {
+        Self {
+            ca: dir.join("ca.pem"),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Node `id`'s certificate and key.
+    pub(crate) fn node(&self, id: u64) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("node-{id}.pem")),
+            self.dir.join(format!("node-{id}-key.pem")),
+        )
+    }
+
+    /// The edge certificate and key.
+    pub(crate) fn edge(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("edge.pem"), self.dir.join("edge-key.pem"))
+    }
 }
 
 pub(crate) fn run(args: CertsArgs) -> anyhow::Result<()> {
-    let set = generate(&args.out)?;
+    let set = generate(&args.out, 1..=args.nodes)?;
     println!("ca {}", set.ca.display());
-    println!("cert {}", set.cert.display());
-    println!("key {}", set.key.display());
+    for id in 1..=args.nodes {
+        println!("node {id} {}", set.node(id).0.display());
+    }
+    println!("edge {}", set.edge().0.display());
     Ok(())
 }
 
-/// Write a fresh CA and one node certificate (valid for every node) to `dir`.
-pub(crate) fn generate(dir: &Path) -> anyhow::Result<CertSet> {
+/// Write a fresh CA, a certificate for each node in `nodes` and one for
+/// edges to `dir`.
+pub(crate) fn generate(
+    dir: &Path,
+    nodes: impl IntoIterator<Item = u64>,
+) -> anyhow::Result<CertSet> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
@@ -46,24 +83,33 @@ pub(crate) fn generate(dir: &Path) -> anyhow::Result<CertSet> {
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
-
-    let mut node_params =
-        CertificateParams::new(vec![NODE_NAME.to_string(), "localhost".to_string()])?;
-    node_params
-        .distinguished_name
-        .push(DnType::CommonName, NODE_NAME);
-    let node_key = KeyPair::generate()?;
-    let node_cert = node_params.signed_by(&node_key, &issuer)?;
-
-    let set = CertSet {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("node.pem"),
-        key: dir.join("node-key.pem"),
-    };
+    let set = CertSet::existing(dir);
     write(&set.ca, &ca_cert.pem())?;
     write(&dir.join("ca-key.pem"), &issuer.key().serialize_pem())?;
-    write(&set.cert, &node_cert.pem())?;
-    write(&set.key, &node_key.serialize_pem())?;
+
+    let issue = |dns: Vec<String>, cn: &str, uri: String, (cert, key): (PathBuf, PathBuf)| {
+        let mut params = CertificateParams::new(dns)?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+        let pair = KeyPair::generate()?;
+        let signed = params.signed_by(&pair, &issuer)?;
+        write(&cert, &signed.pem())?;
+        write(&key, &pair.serialize_pem())
+    };
+    for id in nodes {
+        issue(
+            vec![NODE_NAME.to_string(), "localhost".to_string()],
+            &format!("{NODE_NAME}-{id}"),
+            identity::node_uri(id),
+            set.node(id),
+        )?;
+    }
+    issue(
+        Vec::new(),
+        "herald-edge",
+        identity::EDGE_URI.to_string(),
+        set.edge(),
+    )?;
     Ok(set)
 }
 
@@ -78,10 +124,13 @@ mod tests {
     #[test]
     fn writes_pem_files() {
         let dir = tempfile::tempdir().unwrap();
-        let set = generate(dir.path()).unwrap();
-        for p in [&set.ca, &set.cert, &set.key] {
+        let set = generate(dir.path(), 1..=2).unwrap();
+        let (n2, k2) = set.node(2);
+        let (e, ek) = set.edge();
+        for p in [&set.ca, &n2, &k2, &e, &ek] {
             let text = std::fs::read_to_string(p).unwrap();
             assert!(text.starts_with("-----BEGIN"), "{}", p.display());
         }
+        assert!(!set.node(3).0.exists());
     }
 }

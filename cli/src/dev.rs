@@ -132,7 +132,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let node_bin = sibling_binary("herald-node", "HERALD_NODE_BIN")?;
     let edge_bin = sibling_binary("herald-edge", "HERALD_EDGE_BIN")?;
     let data = DataDir::new(args.data_dir, args.keep_data)?;
-    let api_key = random_hex(16).context("reading /dev/urandom for the API key")?;
+    // One key per role (`docs/security.md`): a publish key and an admin key
+    // for the user, an edge key for edges, and a node key the nodes use
+    // between themselves and never print.
+    let keys = DevKeys::generate()?;
+    let api_key = keys.publish.clone();
     // A fresh secret each run: the edge keeps no state, so a token from an
     // earlier run has no reason to keep working.
     let jwt_secret = random_hex(32).context("reading /dev/urandom for the token secret")?;
@@ -151,25 +155,24 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     // A throwaway CA for the QUIC delivery plane; kept with the data so a
     // restarted dev cluster keeps trusting itself.
     let tls_dir = data.path().join("tls");
-    let tls = if tls_dir.join("node.pem").exists() {
-        crate::certs::CertSet {
-            ca: tls_dir.join("ca.pem"),
-            cert: tls_dir.join("node.pem"),
-            key: tls_dir.join("node-key.pem"),
-        }
+    let tls = if nodes
+        .iter()
+        .all(|n| tls_dir.join(format!("node-{}.pem", n.id)).exists())
+    {
+        crate::certs::CertSet::existing(&tls_dir)
     } else {
-        crate::certs::generate(&tls_dir)?
+        crate::certs::generate(&tls_dir, nodes.iter().map(|n| n.id))?
     };
-    let mut specs = node_specs(&node_bin, data.path(), &nodes, &api_key, &policy);
-    for spec in &mut specs {
-        spec.args.extend(quic_args(&tls));
+    let mut specs = node_specs(&node_bin, data.path(), &nodes, &keys.node_specs(), &policy);
+    for (spec, node) in specs.iter_mut().zip(&nodes) {
+        spec.args.extend(quic_args(&tls, node.id));
     }
     specs.push(edge_spec(
         &edge_bin,
         data.path(),
         &edge,
         &nodes,
-        &api_key,
+        &keys.edge,
         &jwt_secret,
     ));
     let probes = nodes
@@ -190,6 +193,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             }
         }
         writeln!(banner, "api-key {api_key}")?;
+        writeln!(banner, "admin-key {}", keys.admin)?;
+        writeln!(banner, "edge-key {}", keys.edge)?;
         writeln!(banner, "token {token}")?;
         writeln!(banner, "data-dir {}", data.path().display())?;
         say(&banner);
@@ -227,6 +232,34 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     match outcome? {
         Ended::Stopped => Ok(ExitCode::SUCCESS),
         Ended::ChildExited => Ok(ExitCode::FAILURE),
+    }
+}
+
+/// The dev cluster's API keys, one per role.
+struct DevKeys {
+    publish: String,
+    admin: String,
+    edge: String,
+    node: String,
+}
+
+impl DevKeys {
+    fn generate() -> anyhow::Result<Self> {
+        let key = || random_hex(16).context("reading /dev/urandom for an API key");
+        Ok(Self {
+            publish: key()?,
+            admin: key()?,
+            edge: key()?,
+            node: key()?,
+        })
+    }
+
+    /// The nodes' `--api-key` value.
+    fn node_specs(&self) -> String {
+        format!(
+            "publish:{},admin:{},edge:{},node:{}",
+            self.publish, self.admin, self.edge, self.node
+        )
     }
 }
 
@@ -569,16 +602,17 @@ fn edge_spec(
 }
 
 /// Flags enabling the QUIC delivery plane on a loopback port of its own.
-fn quic_args(tls: &crate::certs::CertSet) -> Vec<OsString> {
+fn quic_args(tls: &crate::certs::CertSet, id: u64) -> Vec<OsString> {
+    let (cert, key) = tls.node(id);
     vec![
         "--quic-listen".into(),
         "127.0.0.1:0".into(),
         "--tls-ca".into(),
         tls.ca.clone().into(),
         "--tls-cert".into(),
-        tls.cert.clone().into(),
+        cert.into(),
         "--tls-key".into(),
-        tls.key.clone().into(),
+        key.into(),
     ]
 }
 

@@ -65,6 +65,43 @@ pub fn channel(addr: SocketAddr) -> Channel {
         .connect_lazy()
 }
 
+/// [`channel`] over TLS when `ca` is given (a node started with
+/// `--grpc-tls`), trusting `ca` and expecting the node DNS name
+/// `herald-node`.
+pub fn channel_tls(addr: SocketAddr, ca: Option<&std::path::Path>) -> Channel {
+    let Some(ca) = ca else {
+        return channel(addr);
+    };
+    let pem = std::fs::read(ca).expect("reading the cluster CA");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+        .domain_name("herald-node");
+    Endpoint::from_shared(format!("https://{addr}"))
+        .expect("a socket address is a valid URI")
+        .tls_config(tls)
+        .expect("TLS client configuration")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy()
+}
+
+/// A `Publisher` client for the node at `addr`, over TLS trusting `ca`
+/// when given.
+pub fn publisher_tls(
+    addr: SocketAddr,
+    key: Option<&str>,
+    ca: Option<&std::path::Path>,
+) -> Publisher {
+    PublisherClient::with_interceptor(channel_tls(addr, ca), ApiKey::new(key))
+        .max_decoding_message_size(64 * 1024 * 1024)
+}
+
+/// An `Admin` client for the node at `addr`, over TLS trusting `ca` when
+/// given.
+pub fn admin_tls(addr: SocketAddr, key: Option<&str>, ca: Option<&std::path::Path>) -> Admin {
+    AdminClient::with_interceptor(channel_tls(addr, ca), ApiKey::new(key))
+}
+
 /// A `Publisher` client for the node at `addr`.
 pub fn publisher_at(addr: SocketAddr, key: Option<&str>) -> Publisher {
     PublisherClient::with_interceptor(channel(addr), ApiKey::new(key))

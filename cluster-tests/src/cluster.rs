@@ -39,8 +39,15 @@ pub struct ClusterOptions {
     /// The channel policy (`[limits]`, `[namespaces.<name>]`) as TOML,
     /// written to a file and passed as `--config` to every node.
     pub policy: Option<String>,
-    /// The API key every node accepts and every harness client sends.
+    /// The API key every harness client sends.
     pub api_key: String,
+    /// The `--api-key` specs every node accepts (`docs/security.md`). By
+    /// default [`ClusterOptions::api_key`] with every scope, so a
+    /// plaintext test cluster's nodes, edges and clients share one key.
+    pub key_specs: Vec<String>,
+    /// The cluster CA, when the nodes serve gRPC over TLS (`--grpc-tls`):
+    /// harness clients then connect with TLS and trust it.
+    pub tls_ca: Option<PathBuf>,
     /// `--heartbeat-ms`.
     pub heartbeat_ms: u64,
     /// `--election-timeout-ms`.
@@ -65,6 +72,8 @@ impl Default for ClusterOptions {
         Self {
             policy: None,
             api_key: "herald-test-key".to_string(),
+            key_specs: vec!["publish+admin+edge+node:herald-test-key".to_string()],
+            tls_ca: None,
             // Short Raft timers keep fail-over fast in tests.
             heartbeat_ms: 50,
             election_timeout_ms: 300,
@@ -266,7 +275,7 @@ impl Cluster {
             "--http-listen".into(),
             http_addr.to_string().into(),
             "--api-key".into(),
-            self.opts.api_key.clone().into(),
+            self.opts.key_specs.join(",").into(),
             "--heartbeat-ms".into(),
             self.opts.heartbeat_ms.to_string().into(),
             "--election-timeout-ms".into(),
@@ -280,7 +289,11 @@ impl Cluster {
         if let Some(policy) = &self.policy_path {
             args.extend(["--config".into(), policy.clone().into()]);
         }
-        args.extend(extra);
+        // `{id}` in a flag stands for the node's id (per-node certificates).
+        args.extend(extra.into_iter().map(|a| match a.to_str() {
+            Some(text) if text.contains("{id}") => text.replace("{id}", &id.to_string()).into(),
+            _ => a,
+        }));
         let (program, mut command) = match &self.net {
             None => (binary.to_path_buf(), Vec::new()),
             Some(net) => net.command_in(id, binary),
@@ -475,17 +488,26 @@ impl Cluster {
 
     /// A `Publisher` client for node `id`, authenticated with the cluster's key.
     pub fn publisher(&self, id: u64) -> Publisher {
-        client::publisher_at(self.node(id).grpc_addr(), Some(&self.opts.api_key))
+        client::publisher_tls(
+            self.node(id).grpc_addr(),
+            Some(&self.opts.api_key),
+            self.opts.tls_ca.as_deref(),
+        )
     }
 
     /// A `Publisher` client for node `id` sending `key` (or no key at all).
     pub fn publisher_with_key(&self, id: u64, key: Option<&str>) -> Publisher {
-        client::publisher_at(self.node(id).grpc_addr(), key)
+        client::publisher_tls(self.node(id).grpc_addr(), key, self.opts.tls_ca.as_deref())
     }
 
     /// An `Admin` client for node `id`, authenticated with the cluster's key.
     pub fn admin(&self, id: u64) -> Admin {
-        client::admin_at(self.node(id).grpc_addr(), Some(&self.opts.api_key))
+        self.admin_with_key(id, Some(&self.opts.api_key))
+    }
+
+    /// An `Admin` client for node `id` sending `key` (or no key at all).
+    pub fn admin_with_key(&self, id: u64, key: Option<&str>) -> Admin {
+        client::admin_tls(self.node(id).grpc_addr(), key, self.opts.tls_ca.as_deref())
     }
 
     /// A publisher rotating over `ids` (in that order), starting at `start`.

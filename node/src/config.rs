@@ -14,6 +14,9 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use herald_proto::identity::Identity;
+
+use crate::grpc::auth::{ApiKey, KeySpecError, Scope};
 use crate::namespace::{Limits, NamespaceConfig, Namespaces};
 
 /// Flags of `herald-node`.
@@ -87,18 +90,23 @@ pub struct NodeArgs {
     pub config: Option<PathBuf>,
 
     /// API keys accepted in `authorization: apikey <key>` metadata
-    /// (comma-separated in the environment). The first one is also used by
-    /// this node when it calls other nodes.
+    /// (comma-separated in the environment), each `<key>` (publish scope)
+    /// or `<scope>[+<scope>...]:<key>` with scopes `publish`, `admin`, and,
+    /// on a plaintext cluster only, `node` and `edge` (`docs/security.md`).
+    /// Without `--grpc-tls`, this node calls other nodes with its first
+    /// `node` key.
     #[arg(long = "api-key", env = "HERALD_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<String>,
 
-    /// File with one API key per line (blank lines and `#` comments ignored),
-    /// e.g. a mounted Kubernetes Secret. Re-read on SIGHUP is not needed:
-    /// rotate by listing old and new keys together, then dropping the old.
+    /// File with one API key spec per line, as `--api-key` (blank lines and
+    /// `#` comments ignored), e.g. a mounted Kubernetes Secret. A bare key
+    /// is a publish key. Rotate by listing old and new keys together, then
+    /// dropping the old.
     #[arg(long, env = "HERALD_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
-    /// Accept calls without an API key. Off unless asked for.
+    /// Accept every call without credentials and grant it every role,
+    /// Raft included. Insecure: for a single developer's machine only.
     #[arg(long, env = "HERALD_ALLOW_UNAUTHENTICATED", default_value_t = false)]
     pub allow_unauthenticated: bool,
 
@@ -125,12 +133,20 @@ pub struct NodeArgs {
     #[arg(long, env = "HERALD_QUIC_ADVERTISE")]
     pub quic_advertise: Option<String>,
 
+    /// Serve gRPC over TLS with `--tls-cert`, and call other nodes over
+    /// mutual TLS: nodes and edges then prove their role with a certificate
+    /// from `--tls-ca` (`herald://node/<id>`, `herald://edge`), and
+    /// publishers connect with TLS and an API key. Without it gRPC is
+    /// plaintext (development only).
+    #[arg(long, env = "HERALD_GRPC_TLS", default_value_t = false)]
+    pub grpc_tls: bool,
+
     /// PEM file of the cluster CA: peers must present a certificate it signed.
     #[arg(long, env = "HERALD_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
 
     /// PEM certificate (chain) of this node, signed by the cluster CA, with
-    /// the DNS name `herald-node`.
+    /// the DNS name `herald-node` and the URI `herald://node/<id>`.
     #[arg(long, env = "HERALD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
@@ -181,9 +197,13 @@ pub struct NodeConfig {
     /// Join as learner only.
     pub learner: bool,
     /// Accepted API keys.
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<ApiKey>,
     /// Whether calls without a key are accepted.
     pub allow_unauthenticated: bool,
+    /// The cluster CA and this node's certificate, when given.
+    pub tls: Option<TlsFiles>,
+    /// Whether gRPC runs over TLS (mutual TLS between nodes and edges).
+    pub grpc_tls: bool,
     /// Raft heartbeat.
     pub heartbeat: Duration,
     /// Raft election timeout lower bound.
@@ -208,6 +228,17 @@ pub struct QuicConfig {
     /// Cluster CA.
     pub ca: PathBuf,
     /// This node's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+/// The cluster CA and this node's certificate and key (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Cluster CA.
+    pub ca: PathBuf,
+    /// This node's certificate, naming `herald://node/<id>`.
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
@@ -320,25 +351,50 @@ impl NodeArgs {
                 format!("lists {listed} for this node, but it advertises {advertise}"),
             ));
         }
-        let mut api_keys: Vec<String> = self
+        let mut specs: Vec<(&'static str, String)> = self
             .api_keys
             .into_iter()
             .filter(|k| !k.is_empty())
+            .map(|k| ("--api-key", k))
             .collect();
         if let Some(path) = &self.api_keys_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| bad("--api-keys-file", format!("{}: {e}", path.display())))?;
-            api_keys.extend(
+            specs.extend(
                 text.lines()
                     .map(str::trim)
                     .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from),
+                    .map(|l| ("--api-keys-file", l.to_string())),
             );
+        }
+        let mut api_keys = Vec::with_capacity(specs.len());
+        for (field, spec) in specs {
+            let key: ApiKey = spec
+                .parse()
+                .map_err(|e: KeySpecError| bad(field, e.to_string()))?;
+            if self.grpc_tls
+                && (key.scopes().contains(Scope::Node) || key.scopes().contains(Scope::Edge))
+            {
+                return Err(bad(
+                    field,
+                    "with --grpc-tls, nodes and edges prove their role with certificates; a node or edge key is refused",
+                ));
+            }
+            api_keys.push(key);
         }
         if api_keys.is_empty() && !self.allow_unauthenticated {
             return Err(bad(
                 "--api-key",
                 "no API key configured; give --api-key / --api-keys-file, or --allow-unauthenticated",
+            ));
+        }
+        if !self.grpc_tls
+            && !self.allow_unauthenticated
+            && !api_keys.iter().any(|k| k.scopes().contains(Scope::Node))
+        {
+            return Err(bad(
+                "--api-key",
+                "without --grpc-tls, nodes call each other with a node key: give one as node:<key> (or use --grpc-tls)",
             ));
         }
         if self.heartbeat_ms == 0 {
@@ -363,24 +419,43 @@ impl NodeArgs {
             }
         };
         let namespaces = Namespaces::new(policy.limits.unwrap_or_default(), policy.namespaces)?;
-        let quic = match (self.quic_listen, self.tls_ca, self.tls_cert, self.tls_key) {
-            (None, None, None, None) => None,
-            (None, ..) => return Err(bad("--quic-listen", "required when TLS files are given")),
-            (Some(_), None, ..) => return Err(bad("--tls-ca", "required with --quic-listen")),
-            (Some(_), _, None, _) => return Err(bad("--tls-cert", "required with --quic-listen")),
-            (Some(_), _, _, None) => return Err(bad("--tls-key", "required with --quic-listen")),
-            (Some(listen), Some(ca), Some(cert), Some(key)) => {
+        let tls = match (self.tls_ca, self.tls_cert, self.tls_key) {
+            (None, None, None) => None,
+            (None, ..) => return Err(bad("--tls-ca", "required with --tls-cert and --tls-key")),
+            (_, None, _) => return Err(bad("--tls-cert", "required with --tls-ca")),
+            (_, _, None) => return Err(bad("--tls-key", "required with --tls-ca")),
+            (Some(ca), Some(cert), Some(key)) => {
+                crate::peer::tls::PeerTls::load(&ca, &cert, &key)
+                    .map_err(|e| bad(e.field, format!("{}: {}", e.path, e.reason)))?;
+                check_node_identity(id, &cert)?;
+                Some(TlsFiles { ca, cert, key })
+            }
+        };
+        if self.grpc_tls && tls.is_none() {
+            return Err(bad(
+                "--tls-ca",
+                "required with --grpc-tls (with --tls-cert and --tls-key)",
+            ));
+        }
+        let quic = match (self.quic_listen, &tls) {
+            (None, Some(_)) if !self.grpc_tls => {
+                return Err(bad(
+                    "--quic-listen",
+                    "required when TLS files are given (or --grpc-tls)",
+                ));
+            }
+            (None, _) => None,
+            (Some(_), None) => return Err(bad("--tls-ca", "required with --quic-listen")),
+            (Some(listen), Some(files)) => {
                 if let Some(a) = &self.quic_advertise {
                     check_host_port("--quic-advertise", a)?;
                 }
-                crate::peer::tls::PeerTls::load(&ca, &cert, &key)
-                    .map_err(|e| bad(e.field, format!("{}: {}", e.path, e.reason)))?;
                 Some(QuicConfig {
                     listen,
                     advertise: self.quic_advertise,
-                    ca,
-                    cert,
-                    key,
+                    ca: files.ca.clone(),
+                    cert: files.cert.clone(),
+                    key: files.key.clone(),
                 })
             }
         };
@@ -397,6 +472,8 @@ impl NodeArgs {
             learner: self.learner,
             api_keys,
             allow_unauthenticated: self.allow_unauthenticated,
+            tls,
+            grpc_tls: self.grpc_tls,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             snapshot_every: self.snapshot_every,
@@ -404,6 +481,34 @@ impl NodeArgs {
             quic,
             interest_linger: Duration::from_millis(self.interest_linger_ms),
         })
+    }
+}
+
+/// The certificate must name this node (`herald://node/<id>`): peers bind
+/// a connection to the node id its certificate names.
+fn check_node_identity(id: u64, cert: &std::path::Path) -> Result<(), ConfigError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let leaf = CertificateDer::pem_file_iter(cert)
+        .ok()
+        .and_then(|mut certs| certs.next())
+        .and_then(Result::ok)
+        .ok_or_else(|| bad("--tls-cert", format!("{}: no certificate", cert.display())))?;
+    match crate::identity::of_certificate(&leaf) {
+        Some(Identity::Node(named)) if named == id => Ok(()),
+        other => Err(bad(
+            "--tls-cert",
+            format!(
+                "{} names {}, but this is node {id} (it must carry the URI {})",
+                cert.display(),
+                match other {
+                    Some(Identity::Node(n)) => herald_proto::identity::node_uri(n),
+                    Some(Identity::Edge) => herald_proto::identity::EDGE_URI.to_string(),
+                    None => "no herald:// identity".to_string(),
+                },
+                herald_proto::identity::node_uri(id)
+            ),
+        )),
     }
 }
 
@@ -461,7 +566,7 @@ mod tests {
             "--peers",
             "1=a:1,2=b:2,3=c:3",
             "--api-key",
-            "k",
+            "k,node:n",
         ])
         .unwrap();
         assert_eq!(c.peers.len(), 3);
@@ -471,24 +576,27 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_field() {
-        assert_eq!(field(&["--peers", "1=a:1", "--api-key", "k"]), "--id");
         assert_eq!(
-            field(&["--id", "0", "--peers", "1=a:1", "--api-key", "k"]),
+            field(&["--peers", "1=a:1", "--api-key", "k,node:n"]),
             "--id"
         );
         assert_eq!(
-            field(&["--id", "4", "--peers", "1=a:1", "--api-key", "k"]),
+            field(&["--id", "0", "--peers", "1=a:1", "--api-key", "k,node:n"]),
+            "--id"
+        );
+        assert_eq!(
+            field(&["--id", "4", "--peers", "1=a:1", "--api-key", "k,node:n"]),
             "--peers"
         );
         assert_eq!(
-            field(&["--id", "1", "--peers", "1=nohost", "--api-key", "k"]),
+            field(&["--id", "1", "--peers", "1=nohost", "--api-key", "k,node:n"]),
             "--peers"
         );
         assert_eq!(
-            field(&["--id", "1", "--peers", "x=a:1", "--api-key", "k"]),
+            field(&["--id", "1", "--peers", "x=a:1", "--api-key", "k,node:n"]),
             "--peers"
         );
-        assert_eq!(field(&["--id", "1", "--api-key", "k"]), "--peers");
+        assert_eq!(field(&["--id", "1", "--api-key", "k,node:n"]), "--peers");
         assert_eq!(field(&["--id", "1", "--peers", "1=a:1"]), "--api-key");
         assert_eq!(
             field(&[
@@ -497,7 +605,7 @@ mod tests {
                 "--peers",
                 "1=a:1",
                 "--api-key",
-                "k",
+                "k,node:n",
                 "--heartbeat-ms",
                 "400"
             ]),
@@ -510,7 +618,7 @@ mod tests {
                 "--peers",
                 "1=a:1",
                 "--api-key",
-                "k",
+                "k,node:n",
                 "--config",
                 "/nonexistent"
             ])
@@ -526,7 +634,7 @@ mod tests {
             "--tls-ca",
             "/nonexistent/ca.pem",
         ];
-        let base = ["--id", "9", "--fanout", "--api-key", "k"];
+        let base = ["--id", "9", "--fanout", "--api-key", "k,node:n"];
         let with = |more: &[&str]| {
             let mut a: Vec<&str> = base.to_vec();
             a.extend(more);
@@ -542,7 +650,7 @@ mod tests {
         ok.extend(quic);
         // Past the role checks, the TLS files are what is missing.
         assert_eq!(with(&ok), "--tls-cert");
-        let voter = parse(&["--id", "1", "--join", "a:1,b:2", "--api-key", "k"]).unwrap();
+        let voter = parse(&["--id", "1", "--join", "a:1,b:2", "--api-key", "k,node:n"]).unwrap();
         assert_eq!(voter.join, vec!["a:1", "b:2"]);
         assert!(!voter.fanout);
         assert_eq!(voter.delivery, DeliveryMode::Quic);
@@ -561,7 +669,7 @@ mod tests {
                 "--peers",
                 "1=a:1",
                 "--api-key",
-                "k",
+                "k,node:n",
                 "--config",
                 p,
             ])
@@ -571,5 +679,38 @@ mod tests {
         assert!(e.reason.contains("history_sise"), "{e}");
         let e = with_policy("[namespaces.chat.schemas.m]\ntype = 7\n");
         assert_eq!(e.field, "namespaces.chat.schemas.m");
+    }
+
+    #[test]
+    fn key_scopes_and_transport() {
+        let base = ["--id", "1", "--peers", "1=a:1"];
+        let with = |more: &[&str]| {
+            let mut a: Vec<&str> = base.to_vec();
+            a.extend(more);
+            parse(&a)
+        };
+        // Plaintext: the node needs a node key to call its peers.
+        let e = with(&["--api-key", "k"]).unwrap_err();
+        assert_eq!(e.field, "--api-key");
+        assert!(e.reason.contains("node:<key>"), "{e}");
+        let e = with(&["--api-key", "root:k,node:n"]).unwrap_err();
+        assert!(e.reason.contains("unknown scope `root`"), "{e}");
+        let c = with(&["--api-key", "k,admin:a,node:n"]).unwrap();
+        assert_eq!(c.api_keys.len(), 3);
+        // TLS: node and edge keys are refused; certificates carry roles.
+        let e = with(&["--grpc-tls", "--api-key", "k"]).unwrap_err();
+        assert_eq!(e.field, "--tls-ca");
+        let e = with(&["--grpc-tls", "--api-key", "k,edge:e"]).unwrap_err();
+        assert!(e.reason.contains("certificates"), "{e}");
+        // A key file keeps working: bare lines are publish keys.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "# keys\nold-key\nadmin:adm\n\nnode:n\n").unwrap();
+        let c = with(&["--api-keys-file", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.api_keys.len(), 3);
+        assert_eq!(
+            c.api_keys[0].scopes(),
+            crate::grpc::auth::Scopes::only(Scope::Publish)
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod fanout_node;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod membership;
 pub mod namespace;
 pub mod peer;
@@ -36,11 +37,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::service::interceptor::InterceptedService;
 
 use crate::config::{DeliveryMode, NodeConfig, QuicConfig};
 use crate::fanout_node::FanoutNode;
-use crate::grpc::auth::ApiKeys;
+use crate::grpc::auth::{Credentials, Guarded};
 use crate::grpc::outbound::Outbound;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
@@ -93,7 +93,7 @@ pub async fn run(
     }
     .validate()
     .context("raft configuration")?;
-    let outbound = Outbound::new(config.api_keys.first().map(String::as_str));
+    let outbound = Outbound::for_node(&config)?;
     let raft = raft::Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -113,7 +113,7 @@ pub async fn run(
         config.election_timeout,
     ));
 
-    let keys = ApiKeys::new(config.api_keys.clone(), config.allow_unauthenticated);
+    let keys = Credentials::new(config.api_keys.clone(), config.allow_unauthenticated);
     let publisher = PublisherServer::new(grpc::publisher::PublisherService::new(replica.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE);
     let (plane, interest) = match &config.quic {
@@ -156,16 +156,17 @@ pub async fn run(
 
     let routes = base_routes()
         .await?
-        .add_service(InterceptedService::new(publisher, keys.clone()))
-        .add_service(InterceptedService::new(admin, keys.clone()))
-        .add_service(InterceptedService::new(edge_link, keys.clone()))
-        .add_service(InterceptedService::new(raft_rpc, keys));
+        .add_service(Guarded::new(publisher, keys.clone()))
+        .add_service(Guarded::new(admin, keys.clone()))
+        .add_service(Guarded::new(edge_link, keys.clone()))
+        .add_service(Guarded::new(raft_rpc, keys));
     let serving = Serving::start(
         routes,
         listeners,
         http::router(replica.clone(), prometheus),
         stop_tx,
-    );
+        server_tls(&config)?,
+    )?;
     let membership_task = tokio::spawn(startup::bootstrap_or_join(
         config.clone(),
         raft.clone(),
@@ -216,7 +217,7 @@ async fn run_fanout(
     let Some(q) = &config.quic else {
         anyhow::bail!("--quic-listen: required with --fanout");
     };
-    let outbound = Outbound::new(config.api_keys.first().map(String::as_str));
+    let outbound = Outbound::for_node(&config)?;
     let node = Arc::new(FanoutNode::new(
         config.id,
         config.advertise.clone(),
@@ -233,7 +234,7 @@ async fn run_fanout(
         peer::interest::Interest::spawn(node.clone(), config.interest_linger, node.registered());
     let tails = tokio::spawn(fanout_node::watch_tails(node.clone(), interest.clone()));
 
-    let keys = ApiKeys::new(config.api_keys.clone(), config.allow_unauthenticated);
+    let keys = Credentials::new(config.api_keys.clone(), config.allow_unauthenticated);
     let publisher = PublisherServer::new(grpc::fanout::FanoutPublisher::new(node.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE);
     let admin = AdminServer::new(grpc::fanout::FanoutAdmin::new(node.clone()));
@@ -245,15 +246,16 @@ async fn run_fanout(
     ));
     let routes = base_routes()
         .await?
-        .add_service(InterceptedService::new(publisher, keys.clone()))
-        .add_service(InterceptedService::new(admin, keys.clone()))
-        .add_service(InterceptedService::new(edge_link, keys));
+        .add_service(Guarded::new(publisher, keys.clone()))
+        .add_service(Guarded::new(admin, keys.clone()))
+        .add_service(Guarded::new(edge_link, keys));
     let serving = Serving::start(
         routes,
         listeners,
         http::router(node.clone(), prometheus),
         stop_tx,
-    );
+        server_tls(&config)?,
+    )?;
     tracing::info!(id = config.id, grpc = %config.grpc_listen, http = %config.http_listen, "fan-out node started");
 
     shutdown.await;
@@ -303,6 +305,25 @@ async fn base_routes() -> anyhow::Result<Routes> {
     Ok(Routes::new(health_service).add_service(reflection))
 }
 
+/// With `--grpc-tls`: serve with this node's certificate, and verify a
+/// client certificate against the cluster CA when one is offered
+/// (publishers come with an API key and no certificate; nodes and edges
+/// with one, which [`Guarded`] reads their role from).
+fn server_tls(config: &NodeConfig) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(files), true) = (&config.tls, config.grpc_tls) else {
+        return Ok(None);
+    };
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    Ok(Some(
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?))
+            .client_ca_root(Certificate::from_pem(read(&files.ca)?))
+            .client_auth_optional(true),
+    ))
+}
+
 /// The gRPC and operations listeners, serving until [`Serving::stop`].
 struct Serving {
     stop: watch::Sender<bool>,
@@ -318,25 +339,27 @@ impl Serving {
         listeners: Listeners,
         ops: axum::Router,
         stop: watch::Sender<bool>,
-    ) -> Self {
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> anyhow::Result<Self> {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let grpc = tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listeners.grpc)
-                    .with_nodelay(Some(true)),
-                stopped(stop.subscribe()),
-            );
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context("gRPC TLS")?;
+        }
+        let grpc = builder.add_routes(routes).serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            stopped(stop.subscribe()),
+        );
         let http = axum::serve(listeners.http, ops)
             .with_graceful_shutdown(stopped(stop.subscribe()))
             .into_future();
-        Self {
+        Ok(Self {
             grpc: tokio::spawn(grpc),
             http: tokio::spawn(http),
             stop,
-        }
+        })
     }
 
     /// Stop accepting, and wait for open calls to finish, but not forever:

@@ -120,6 +120,13 @@ pub enum Rejection {
     /// The API key is not one of the configured keys.
     #[error("API key is not valid")]
     ApiKeyInvalid,
+    /// The caller's key or certificate does not carry a role this RPC
+    /// accepts (e.g. a publish key calling `Admin` or `Raft`).
+    #[error("this call needs the role {needed}; the caller's credentials do not carry it")]
+    PermissionDenied {
+        /// The accepted roles, `+`-separated (`node+admin`).
+        needed: String,
+    },
 }
 
 impl Rejection {
@@ -148,6 +155,7 @@ impl Rejection {
             Self::RaftFatal(_) => "RAFT_STOPPED",
             Self::ApiKeyMissing => "API_KEY_MISSING",
             Self::ApiKeyInvalid => "API_KEY_INVALID",
+            Self::PermissionDenied { .. } => "PERMISSION_DENIED",
         }
     }
 
@@ -162,6 +170,7 @@ impl Rejection {
             | Self::RaftFatal(_) => Code::Unavailable,
             Self::Membership(_) => Code::FailedPrecondition,
             Self::ApiKeyMissing | Self::ApiKeyInvalid => Code::Unauthenticated,
+            Self::PermissionDenied { .. } => Code::PermissionDenied,
             Self::BatchItem { inner, .. } => inner.code(),
             _ => Code::InvalidArgument,
         }
@@ -176,6 +185,7 @@ impl Rejection {
                 m
             }
             Self::UnknownNamespace { namespace } => vec![("namespace".into(), namespace.clone())],
+            Self::PermissionDenied { needed } => vec![("needed".into(), needed.clone())],
             Self::PayloadTooLarge { max, .. }
             | Self::ChannelTooLong { max, .. }
             | Self::BatchTooLarge { max, .. } => {

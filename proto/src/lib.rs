@@ -23,3 +23,66 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hera
 
 /// The `domain` of every `google.rpc.ErrorInfo` Herald attaches to a status.
 pub const ERROR_DOMAIN: &str = "herald.v1";
+
+/// The identities the cluster CA vouches for, written in a certificate as a
+/// subject-alternative-name URI: `herald://node/<id>` for node `<id>` (a
+/// voter, learner or fan-out node), `herald://edge` for any edge. Nodes
+/// decide what a TLS peer may call from this alone (`docs/security.md`), so
+/// the format is part of the contract between whoever issues certificates
+/// (`herald certs`, the Helm chart, cert-manager) and the nodes.
+pub mod identity {
+    /// URI scheme of every identity.
+    pub const SCHEME: &str = "herald";
+    /// The identity of every edge.
+    pub const EDGE_URI: &str = "herald://edge";
+
+    /// The identity of node `id`.
+    pub fn node_uri(id: u64) -> String {
+        format!("herald://node/{id}")
+    }
+
+    /// Who a certificate's URI names.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Identity {
+        /// Node `id`.
+        Node(u64),
+        /// An edge.
+        Edge,
+    }
+
+    /// The identity a URI names, if it is one (`herald://node/0` and any
+    /// other shape is not).
+    pub fn parse(uri: &str) -> Option<Identity> {
+        let rest = uri.strip_prefix("herald://")?;
+        if rest == "edge" {
+            return Some(Identity::Edge);
+        }
+        let id = rest.strip_prefix("node/")?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        id.parse().ok().filter(|&id| id > 0).map(Identity::Node)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trip_and_refusals() {
+            assert_eq!(parse(&node_uri(3)), Some(Identity::Node(3)));
+            assert_eq!(parse(EDGE_URI), Some(Identity::Edge));
+            for bad in [
+                "herald://node/0",
+                "herald://node/",
+                "herald://node/+3",
+                "herald://node/3/x",
+                "herald://edges",
+                "https://node/3",
+                "herald://node/99999999999999999999999",
+            ] {
+                assert_eq!(parse(bad), None, "{bad}");
+            }
+        }
+    }
+}

@@ -17,7 +17,7 @@ use herald_proto::v1::{
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
-/// Write a CA and node certificate with `herald certs`.
+/// Write a CA, node and edge certificates with `herald certs`.
 pub(crate) fn certs(dir: &Path) {
     let out = std::process::Command::new(herald_cli())
         .args(["certs", "--out"])
@@ -40,9 +40,10 @@ pub(crate) fn quic_args(dir: &Path) -> Vec<String> {
         "--tls-ca".into(),
         p("ca.pem"),
         "--tls-cert".into(),
-        p("node.pem"),
+        // The harness puts each node's id for `{id}`.
+        p("node-{id}.pem"),
         "--tls-key".into(),
-        p("node-key.pem"),
+        p("node-{id}-key.pem"),
         "--interest-linger-ms".into(),
         "200".into(),
     ]

@@ -7,6 +7,11 @@
 //!
 //! Wire format of a stream: the sender's node id (u64, big-endian), then
 //! frames of a u32 big-endian length and a protobuf `Publication`.
+//!
+//! A connection is bound to the node its certificate names
+//! (`herald://node/<id>`): a dialer accepts only the node it meant to reach,
+//! and a stream claiming another sender id than the certificate's is closed,
+//! so one node's key cannot speak for another.
 
 pub mod fanout;
 pub mod interest;
@@ -169,6 +174,7 @@ impl PeerLink {
 }
 
 async fn connect(
+    node: u64,
     endpoint: &quinn::Endpoint,
     client: &quinn::ClientConfig,
     addr: &str,
@@ -184,6 +190,18 @@ async fn connect(
         .ok()?;
     match tokio::time::timeout(Duration::from_secs(3), connecting).await {
         Ok(Ok(c)) => {
+            let named = peer_node(&c);
+            if named != Some(node) {
+                metrics::counter!("herald_peer_refused_total").increment(1);
+                tracing::warn!(
+                    addr,
+                    node,
+                    ?named,
+                    "peer certificate names another node; closing"
+                );
+                c.close(3u32.into(), b"wrong node identity");
+                return None;
+            }
             *guard = Some(c.clone());
             Some(c)
         }
@@ -207,7 +225,7 @@ async fn write_stream(
     // The frames that failed to write are retried once on the new stream.
     let mut pending: Vec<Bytes> = Vec::new();
     loop {
-        let Some(c) = connect(&endpoint, &client, &addr, &conn).await else {
+        let Some(c) = connect(node, &endpoint, &client, &addr, &conn).await else {
             // Unreachable: drop what queued meanwhile (receivers fill from
             // history) rather than grow, and try again shortly.
             pending.clear();
@@ -279,7 +297,14 @@ async fn accept(plane: Arc<PeerPlane>) {
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => serve_connection(conn, delivery).await,
+                Ok(conn) => match peer_node(&conn) {
+                    Some(id) => serve_connection(id, conn, delivery).await,
+                    None => {
+                        metrics::counter!("herald_peer_refused_total").increment(1);
+                        tracing::warn!(%remote, "refused a peer whose certificate names no node");
+                        conn.close(3u32.into(), b"no node identity");
+                    }
+                },
                 Err(e) => {
                     metrics::counter!("herald_peer_refused_total").increment(1);
                     tracing::warn!(%remote, "refused a peer: {e}");
@@ -289,16 +314,30 @@ async fn accept(plane: Arc<PeerPlane>) {
     }
 }
 
+/// The node id a connection's verified peer certificate names.
+fn peer_node(conn: &quinn::Connection) -> Option<u64> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    match crate::identity::of_certificate(certs.first()?)? {
+        herald_proto::identity::Identity::Node(id) => Some(id),
+        herald_proto::identity::Identity::Edge => None,
+    }
+}
+
 async fn serve_connection(
+    certified: u64,
     conn: quinn::Connection,
     delivery: broadcast::Sender<Arc<Vec<Publication>>>,
 ) {
     while let Ok(stream) = conn.accept_uni().await {
-        tokio::spawn(read_stream(stream, delivery.clone()));
+        tokio::spawn(read_stream(certified, stream, delivery.clone()));
     }
 }
 
 async fn read_stream(
+    certified: u64,
     mut stream: quinn::RecvStream,
     delivery: broadcast::Sender<Arc<Vec<Publication>>>,
 ) {
@@ -306,7 +345,18 @@ async fn read_stream(
     if stream.read_exact(&mut id).await.is_err() {
         return;
     }
-    let peer = u64::from_be_bytes(id).to_string();
+    let claimed = u64::from_be_bytes(id);
+    if claimed != certified {
+        metrics::counter!("herald_peer_refused_total").increment(1);
+        tracing::warn!(
+            claimed,
+            certified,
+            "a peer claimed another node's id; closing the stream"
+        );
+        let _ = stream.stop(3u32.into());
+        return;
+    }
+    let peer = claimed.to_string();
     let mut buf = bytes::BytesMut::new();
     // Every frame complete in what has arrived is handed over as one batch,
     // so a burst wakes the edge links once, as an applied batch does.

@@ -277,9 +277,9 @@ async fn start_layer(layout: Layout, dir: &Path) -> anyhow::Result<Layer> {
             "--tls-ca".into(),
             tls.join("ca.pem").display().to_string(),
             "--tls-cert".into(),
-            tls.join("node.pem").display().to_string(),
+            tls.join(format!("node-{id}.pem")).display().to_string(),
             "--tls-key".into(),
-            tls.join("node-key.pem").display().to_string(),
+            tls.join(format!("node-{id}-key.pem")).display().to_string(),
             "--log".into(),
             "warn".into(),
         ];
