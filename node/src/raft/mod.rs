@@ -5,8 +5,6 @@
 //!
 //! [`ChannelTable`]: crate::channels::ChannelTable
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::channels::{Accepted, Proposal};
@@ -15,6 +13,7 @@ use crate::channels::{Accepted, Proposal};
 #[allow(clippy::result_large_err)]
 pub mod log_store;
 pub mod network;
+pub mod snapshot_data;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
 
@@ -90,7 +89,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot_data::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -5,7 +5,6 @@
 //! Reads (history, channel lists) take the state's read lock directly; no
 //! lock is ever held across an `.await`.
 
-use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
 use herald_proto::v1::Publication;
@@ -17,6 +16,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
+use super::snapshot_data::SnapshotData;
 use super::{Command, CommandResult, NodeInfo, StorageError, TypeConfig, decode, encode};
 use crate::channels::ChannelTable;
 use crate::membership::ChannelMembership;
@@ -179,7 +179,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         metrics::gauge!("herald_raft_snapshot_bytes").set(stored.data.len() as f64);
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(SnapshotData::new(stored.data)),
         })
     }
 }
@@ -285,14 +285,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::default())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let applied: Applied = decode_applied(&data)
@@ -328,7 +328,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             decode(v.value()).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(Some(Snapshot {
             meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Box::new(SnapshotData::new(stored.data)),
         }))
     }
 }
