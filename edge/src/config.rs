@@ -30,9 +30,25 @@ pub struct Config {
     /// failure the edge moves to the next.
     #[arg(long, env = "HERALD_NODES", value_delimiter = ',', required = true)]
     pub nodes: Vec<String>,
-    /// API key the edge presents to the nodes.
+    /// API key the edge presents to the nodes: an `edge` key of a
+    /// plaintext (development) cluster. With `--tls-cert` the certificate
+    /// is the credential instead.
     #[arg(long, env = "HERALD_API_KEY")]
     pub api_key: Option<String>,
+    /// PEM file of the cluster CA: link to the nodes over TLS (`https://`),
+    /// trusting only it. Required when a node is given as `https://`.
+    #[arg(long, env = "HERALD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate of this edge, signed by the cluster CA, carrying the
+    /// URI `herald://edge`: what lets it open an EdgeLink on a TLS cluster.
+    #[arg(long, env = "HERALD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "HERALD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The DNS name node certificates carry.
+    #[arg(long, env = "HERALD_TLS_SERVER_NAME", default_value = "herald-node")]
+    pub tls_server_name: String,
     /// HMAC secret for HS256 client tokens.
     #[arg(long, env = "HERALD_JWT_HS256_SECRET")]
     pub jwt_hs256_secret: Option<String>,
@@ -183,6 +199,9 @@ pub struct Settings {
     pub nodes: Vec<String>,
     /// See [`Config::api_key`].
     pub api_key: Option<String>,
+    /// TLS towards the nodes, from [`Config::tls_ca`] and the edge's
+    /// certificate.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Token verification.
     pub verifier: Verifier,
     /// See [`Config::token_cookie`].
@@ -205,16 +224,39 @@ impl Config {
         if self.nodes.is_empty() {
             return Err(invalid("nodes", "at least one node is required"));
         }
+        let tls = self.tls()?;
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
             let n = n.trim();
             if n.is_empty() {
                 return Err(invalid("nodes", "empty entry"));
             }
-            let url = if n.starts_with("http://") || n.starts_with("https://") {
-                n.to_string()
-            } else {
-                format!("http://{n}")
+            // Never fall back to cleartext: an https:// node without a CA to
+            // verify it, or a plain http:// node next to TLS flags, is an error.
+            let url = match (n.split_once("://").map(|(s, _)| s), &tls) {
+                (Some("https"), None) => {
+                    return Err(invalid(
+                        "tls-ca",
+                        format!("required to reach `{n}` over TLS"),
+                    ));
+                }
+                (Some("http"), Some(_)) => {
+                    return Err(invalid(
+                        "nodes",
+                        format!(
+                            "`{n}` is cleartext, but TLS flags are given; use https:// or host:port"
+                        ),
+                    ));
+                }
+                (Some("http" | "https"), _) => n.to_string(),
+                (Some(_), _) => {
+                    return Err(invalid(
+                        "nodes",
+                        format!("`{n}`: scheme must be http or https"),
+                    ));
+                }
+                (None, Some(_)) => format!("https://{n}"),
+                (None, None) => format!("http://{n}"),
             };
             if url.parse::<axum::http::Uri>().is_err() {
                 return Err(invalid("nodes", format!("`{n}` is not host:port")));
@@ -294,6 +336,7 @@ impl Config {
             http_listen: self.http_listen,
             nodes,
             api_key: self.api_key.clone(),
+            tls,
             verifier,
             token_cookie: self.token_cookie.clone(),
             origins,
@@ -312,6 +355,37 @@ impl Config {
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         })
+    }
+}
+
+impl Config {
+    /// The client TLS configuration from `--tls-*`, files read now.
+    fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, ConfigError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |field: &'static str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| invalid(field, format!("{}: {e}", p.display())))
+        };
+        let Some(ca) = &self.tls_ca else {
+            if self.tls_cert.is_some() || self.tls_key.is_some() {
+                return Err(invalid("tls-ca", "required with --tls-cert / --tls-key"));
+            }
+            return Ok(None);
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("tls-ca", ca)?))
+            .domain_name(self.tls_server_name.clone());
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read("tls-cert", cert)?,
+                    read("tls-key", key)?,
+                ));
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(invalid("tls-key", "required with --tls-cert")),
+            (None, Some(_)) => return Err(invalid("tls-cert", "required with --tls-key")),
+        }
+        Ok(Some(tls))
     }
 }
 
@@ -371,5 +445,39 @@ mod tests {
             vec!["http://127.0.0.1:7000", "http://127.0.0.1:7001"]
         );
         assert_eq!(s.limits.client_queue_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn tls_is_never_silently_dropped() {
+        let e = parse(&["--nodes", "https://n:1", "--allow-anonymous"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--tls-ca"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not checked until a connection").unwrap();
+        let ca = ca.to_str().unwrap();
+        let e = parse(&["--nodes", "http://n:1", "--tls-ca", ca, "--allow-anonymous"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--nodes"), "{e}");
+        let s = parse(&[
+            "--nodes",
+            "n:1,https://m:2",
+            "--tls-ca",
+            ca,
+            "--allow-anonymous",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(s.nodes, vec!["https://n:1", "https://m:2"]);
+        assert!(s.tls.is_some());
+        let e = parse(&["--nodes", "n:1", "--tls-cert", ca, "--allow-anonymous"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--tls-ca"), "{e}");
     }
 }

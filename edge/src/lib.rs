@@ -87,7 +87,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = http::install_metrics();
     let (link_tx, link_rx) = tokio::sync::mpsc::unbounded_channel();
-    let upstream = Upstream::new(settings.nodes.clone(), settings.api_key.as_deref());
+    let upstream = Upstream::new(
+        settings.nodes.clone(),
+        settings.api_key.as_deref(),
+        settings.tls.clone(),
+    );
     let presence = presence::Presence::new(link_tx.clone(), upstream.clone());
     let hub = Hub::new(
         link_tx,

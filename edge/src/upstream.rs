@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::channel::{ChannelName, Epoch, Offset, Position};
@@ -67,6 +67,7 @@ pub type Publisher = PublisherClient<InterceptedService<Channel, ApiKey>>;
 pub struct Upstream {
     nodes: Vec<String>,
     key: ApiKey,
+    tls: Option<ClientTlsConfig>,
     current: RwLock<Option<(String, Channel)>>,
     linked: AtomicBool,
     /// Namespace → (`allow_client_publish`, `presence`, when learnt).
@@ -78,12 +79,18 @@ pub struct Upstream {
 const POLICY_TTL: Duration = Duration::from_secs(30);
 
 impl Upstream {
-    /// A link that will try `nodes` (URLs) in order.
-    pub fn new(nodes: Vec<String>, api_key: Option<&str>) -> Arc<Self> {
+    /// A link that will try `nodes` (URLs) in order, over TLS with `tls`
+    /// (`https://` nodes).
+    pub fn new(
+        nodes: Vec<String>,
+        api_key: Option<&str>,
+        tls: Option<ClientTlsConfig>,
+    ) -> Arc<Self> {
         let key = api_key.and_then(|k| format!("apikey {k}").parse().ok());
         Arc::new(Self {
             nodes,
             key: ApiKey(key),
+            tls,
             current: RwLock::new(None),
             linked: AtomicBool::new(false),
             publish_policy: Mutex::new(HashMap::new()),
@@ -226,8 +233,13 @@ impl Upstream {
         presence: &Presence,
         commands: &mut mpsc::UnboundedReceiver<LinkCommand>,
     ) -> Result<(), String> {
-        let channel = Endpoint::from_shared(node.to_string())
-            .map_err(|e| e.to_string())?
+        let mut endpoint = Endpoint::from_shared(node.to_string()).map_err(|e| e.to_string())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS: {e}"))?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(2))

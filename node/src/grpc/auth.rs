@@ -193,8 +193,13 @@ pub fn required(path: &str) -> Option<Scopes> {
         // Presence between nodes: what one node's edges hold, and presence
         // events relayed to the nodes with interest.
         ("Publisher", "PresenceLocal" | "PresenceEvents") => node,
-        ("Publisher", "ClusterStatus") => node.with(Scope::Publish).with(Scope::Admin),
-        ("Publisher", _) => node.with(Scope::Publish),
+        ("Publisher", "ClusterStatus") => node
+            .with(Scope::Publish)
+            .with(Scope::Admin)
+            .with(Scope::Edge),
+        // Edges read history and presence, and publish for clients of
+        // namespaces that allow it (the edge checks that first).
+        ("Publisher", _) => node.with(Scope::Publish).with(Scope::Edge),
         _ => node,
     })
 }
@@ -410,7 +415,13 @@ mod tests {
         }
         let edge = Some(Identity::Edge);
         assert!(c.authorize(LINK, None, edge).is_ok());
-        for path in [RAFT, ADMIN, PRESENCE_LOCAL, PUBLISH] {
+        assert!(c.authorize(PUBLISH, None, edge).is_ok());
+        for path in [
+            RAFT,
+            ADMIN,
+            PRESENCE_LOCAL,
+            "/herald.v1.Publisher/PresenceEvents",
+        ] {
             assert!(c.authorize(path, None, edge).is_err(), "{path}");
         }
         // A wrong key is refused even with a good certificate.
