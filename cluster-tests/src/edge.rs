@@ -145,10 +145,12 @@ impl EdgeProc {
     /// `None` while it has no live link (or is down).
     pub async fn linked_node(&self) -> Option<String> {
         match http_get(self.http_addr(), "/readyz").await {
-            Ok((200, body)) => body
-                .trim()
-                .strip_prefix("ready linked http://")
-                .map(str::to_string),
+            Ok((200, body)) => {
+                let node = body.trim().strip_prefix("ready linked ")?;
+                node.strip_prefix("http://")
+                    .or_else(|| node.strip_prefix("https://"))
+                    .map(str::to_string)
+            }
             _ => None,
         }
     }
