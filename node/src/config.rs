@@ -713,4 +713,69 @@ mod tests {
             crate::grpc::auth::Scopes::only(Scope::Publish)
         );
     }
+
+    /// A CA and a certificate for `uri`, as PEM files in `dir`.
+    fn ca_and_cert(dir: &std::path::Path, uri: &str) -> [String; 3] {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["herald-node".to_string()]).unwrap();
+        leaf.subject_alt_names
+            .push(SanType::URI(uri.to_string().try_into().unwrap()));
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let paths = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f).display().to_string());
+        std::fs::write(&paths[0], ca_cert.pem()).unwrap();
+        std::fs::write(&paths[1], cert.pem()).unwrap();
+        std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+        paths
+    }
+
+    #[test]
+    fn a_certificate_must_name_this_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let [ca, cert, key] = ca_and_cert(dir.path(), "herald://node/3");
+        let run = |id: &str| {
+            parse(&[
+                "--id",
+                id,
+                "--join",
+                "a:1",
+                "--api-key",
+                "k",
+                "--grpc-tls",
+                "--tls-ca",
+                &ca,
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+            ])
+        };
+        assert!(run("3").is_ok());
+        let e = run("4").unwrap_err();
+        assert_eq!(e.field, "--tls-cert");
+        assert!(e.reason.contains("herald://node/3"), "{e}");
+        let [ca2, edge, edge_key] = ca_and_cert(dir.path(), "herald://edge");
+        let e = parse(&[
+            "--id",
+            "3",
+            "--join",
+            "a:1",
+            "--api-key",
+            "k",
+            "--grpc-tls",
+            "--tls-ca",
+            &ca2,
+            "--tls-cert",
+            &edge,
+            "--tls-key",
+            &edge_key,
+        ])
+        .unwrap_err();
+        assert_eq!(e.field, "--tls-cert");
+    }
 }
