@@ -269,7 +269,9 @@ async fn start_layer(layout: Layout, dir: &Path) -> anyhow::Result<Layer> {
             "--http-listen".into(),
             http[i].to_string(),
             "--api-key".into(),
-            API_KEY.into(),
+            // One key with every role: the benchmark measures delivery on a
+            // plaintext gRPC network, not access control.
+            format!("publish+admin+edge+node:{API_KEY}"),
             "--config".into(),
             policy.display().to_string(),
             "--quic-listen".into(),

@@ -31,8 +31,10 @@ pub(crate) struct DevCluster {
     pid: u32,
     /// gRPC address of every node, from the `node <id> grpc <addr>` lines.
     pub(crate) grpc_addrs: Vec<String>,
-    /// From the `api-key <key>` line, if it printed one.
+    /// From the `api-key <key>` line (the publish key), if it printed one.
     pub(crate) api_key: Option<String>,
+    /// From the `edge-key <key>` line: what further edges link with.
+    pub(crate) edge_key: Option<String>,
     /// From the `edge 1 websocket <url>` line, if it printed one.
     pub(crate) edge_ws: Option<String>,
     /// From the `edge 1 metrics <url>` line: the edge's operations listener.
@@ -94,6 +96,7 @@ impl DevCluster {
             pid,
             grpc_addrs: Vec::new(),
             api_key: None,
+            edge_key: None,
             edge_ws: None,
             edge_metrics: None,
             token: None,
@@ -120,6 +123,7 @@ impl DevCluster {
                 ["ready"] => break,
                 ["node", _, "grpc", addr] => cluster.grpc_addrs.push((*addr).to_string()),
                 ["api-key", key] => cluster.api_key = Some((*key).to_string()),
+                ["edge-key", key] => cluster.edge_key = Some((*key).to_string()),
                 // Only the first edge: the benchmarks drive one.
                 ["edge", "1", "websocket", url] => cluster.edge_ws = Some((*url).to_string()),
                 ["edge", "1", "metrics", url] => cluster.edge_metrics = Some((*url).to_string()),

@@ -186,7 +186,7 @@ impl Deployment {
             .into_iter()
             .map(usage::watched)
             .collect();
-        let api_key = dev.api_key.clone().unwrap_or_default();
+        let edge_key = dev.edge_key.clone().unwrap_or_default();
         let nodes = dev.grpc_addrs.join(",");
         let leader = Leader::follow(
             dev.grpc_addrs.clone(),
@@ -210,7 +210,7 @@ impl Deployment {
                 "--nodes",
                 &nodes,
                 "--api-key",
-                &api_key,
+                &edge_key,
                 "--jwt-hs256-secret",
                 TOKEN_SECRET,
                 "--log",
