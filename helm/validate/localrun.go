@@ -521,7 +521,7 @@ func (w *World) secretValue(name, key, role string) (string, error) {
 	var v string
 	switch role {
 	case "--api-keys-file":
-		v = publisher + "\n" + internal + "\n"
+		v = publisher + "\nadmin+edge+node:" + internal + "\n"
 	case "HERALD_API_KEY":
 		v = internal
 	case "--jwt-public-key-file":
