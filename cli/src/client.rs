@@ -30,18 +30,29 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Server {
     addr: String,
     api_key: Option<String>,
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Server {
     pub(crate) fn new(addr: String, api_key: Option<String>) -> Self {
-        Self { addr, api_key }
+        Self {
+            addr,
+            api_key,
+            tls_ca: None,
+        }
+    }
+
+    /// Call over TLS trusting `ca` (the cluster CA), when given.
+    pub(crate) fn with_tls_ca(mut self, ca: Option<std::path::PathBuf>) -> Self {
+        self.tls_ca = ca;
+        self
     }
 
     /// Dial the node now, so an unreachable address is reported before any
     /// request is built.
     pub(crate) async fn connect(&self) -> Result<Connection, RpcError> {
         let key = ApiKey::new(self.api_key.as_deref())?;
-        let channel = endpoint(&self.addr)?
+        let channel = endpoint(&self.addr, self.tls_ca.as_deref())?
             .connect()
             .await
             .map_err(|e| RpcError {
@@ -59,7 +70,7 @@ impl Server {
     /// polling nodes that may not be listening yet.
     pub(crate) fn connect_lazy(&self) -> Result<Connection, RpcError> {
         let key = ApiKey::new(self.api_key.as_deref())?;
-        let channel = endpoint(&self.addr)?.connect_lazy();
+        let channel = endpoint(&self.addr, self.tls_ca.as_deref())?.connect_lazy();
         Ok(Connection {
             addr: self.addr.clone(),
             channel,
@@ -68,18 +79,42 @@ impl Server {
     }
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, RpcError> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+/// The endpoint of `addr`: TLS trusting `ca` when given (never cleartext
+/// for an `https://` address).
+fn endpoint(addr: &str, ca: Option<&std::path::Path>) -> Result<Endpoint, RpcError> {
+    let invalid = |message: String| RpcError {
+        message,
+        reason: code_reason(Code::InvalidArgument).to_string(),
     };
-    Endpoint::from_shared(uri)
+    let uri = match (addr.split_once("://").map(|(s, _)| s), ca) {
+        (Some("https"), None) => {
+            return Err(invalid(format!(
+                "--server `{addr}` is https://: give the cluster CA with --tls-ca"
+            )));
+        }
+        (Some("http"), Some(_)) => {
+            return Err(invalid(format!(
+                "--server `{addr}` is cleartext, but --tls-ca is given"
+            )));
+        }
+        (Some(_), _) => addr.to_string(),
+        (None, Some(_)) => format!("https://{addr}"),
+        (None, None) => format!("http://{addr}"),
+    };
+    let mut endpoint = Endpoint::from_shared(uri)
         .map(|e| e.connect_timeout(CONNECT_TIMEOUT).timeout(CALL_TIMEOUT))
-        .map_err(|e| RpcError {
-            message: format!("--server `{addr}` is not host:port: {}", chain(&e)),
-            reason: code_reason(Code::InvalidArgument).to_string(),
-        })
+        .map_err(|e| invalid(format!("--server `{addr}` is not host:port: {}", chain(&e))))?;
+    if let Some(ca) = ca {
+        let pem =
+            std::fs::read(ca).map_err(|e| invalid(format!("--tls-ca {}: {e}", ca.display())))?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            .domain_name(crate::certs::NODE_NAME);
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| invalid(format!("--tls-ca {}: {}", ca.display(), chain(&e))))?;
+    }
+    Ok(endpoint)
 }
 
 /// The client type every command uses: a channel whose requests carry the key.

@@ -74,6 +74,9 @@ const EDGE_ENV_CLEARED: &[&str] = &[
     "HERALD_JWT_ISSUER",
     "HERALD_ALLOW_ANONYMOUS",
     "HERALD_ANONYMOUS_CHANNELS",
+    "HERALD_TLS_CA",
+    "HERALD_TLS_CERT",
+    "HERALD_TLS_KEY",
 ];
 
 /// The `sub` of the printed development token.
@@ -103,6 +106,11 @@ pub(crate) struct DevArgs {
     /// to `<data-dir>/policy.toml`.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Plaintext gRPC between nodes, edges and clients, with keys for the
+    /// node and edge roles instead of certificates. Insecure: for tools
+    /// that cannot speak TLS. Default: gRPC over TLS from the dev CA.
+    #[arg(long)]
+    plaintext: bool,
 }
 
 /// The policy `herald dev` runs with unless `--config` is given: generous
@@ -163,21 +171,45 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     } else {
         crate::certs::generate(&tls_dir, nodes.iter().map(|n| n.id))?
     };
-    let mut specs = node_specs(&node_bin, data.path(), &nodes, &keys.node_specs(), &policy);
+    let secure = !args.plaintext;
+    let mut specs = node_specs(
+        &node_bin,
+        data.path(),
+        &nodes,
+        &keys.node_specs(secure),
+        &policy,
+    );
     for (spec, node) in specs.iter_mut().zip(&nodes) {
         spec.args.extend(quic_args(&tls, node.id));
+        if secure {
+            spec.args.push("--grpc-tls".into());
+        }
     }
-    specs.push(edge_spec(
-        &edge_bin,
-        data.path(),
-        &edge,
-        &nodes,
-        &keys.edge,
-        &jwt_secret,
-    ));
+    let mut edge_spec = edge_spec(&edge_bin, data.path(), &edge, &nodes, &jwt_secret);
+    if secure {
+        let (cert, key) = tls.edge();
+        edge_spec.args.extend([
+            "--tls-ca".into(),
+            tls.ca.clone().into(),
+            "--tls-cert".into(),
+            cert.into(),
+            "--tls-key".into(),
+            key.into(),
+        ]);
+    } else {
+        edge_spec
+            .args
+            .extend(["--api-key".into(), keys.edge.clone().into()]);
+    }
+    specs.push(edge_spec);
+    let tls_ca = secure.then(|| tls.ca.clone());
     let probes = nodes
         .iter()
-        .map(|n| Server::new(n.grpc.clone(), Some(api_key.clone())).connect_lazy())
+        .map(|n| {
+            Server::new(n.grpc.clone(), Some(api_key.clone()))
+                .with_tls_ca(tls_ca.clone())
+                .connect_lazy()
+        })
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut supervisor = Supervisor::default();
@@ -194,7 +226,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         writeln!(banner, "api-key {api_key}")?;
         writeln!(banner, "admin-key {}", keys.admin)?;
-        writeln!(banner, "edge-key {}", keys.edge)?;
+        match &tls_ca {
+            Some(ca) => writeln!(banner, "tls-ca {}", ca.display())?,
+            None => writeln!(banner, "edge-key {}", keys.edge)?,
+        }
         writeln!(banner, "token {token}")?;
         writeln!(banner, "data-dir {}", data.path().display())?;
         say(&banner);
@@ -254,12 +289,17 @@ impl DevKeys {
         })
     }
 
-    /// The nodes' `--api-key` value.
-    fn node_specs(&self) -> String {
-        format!(
-            "publish:{},admin:{},edge:{},node:{}",
-            self.publish, self.admin, self.edge, self.node
-        )
+    /// The nodes' `--api-key` value: with TLS, nodes and edges prove their
+    /// role with certificates, so only the publish and admin keys.
+    fn node_specs(&self, secure: bool) -> String {
+        if secure {
+            format!("publish:{},admin:{}", self.publish, self.admin)
+        } else {
+            format!(
+                "publish:{},admin:{},edge:{},node:{}",
+                self.publish, self.admin, self.edge, self.node
+            )
+        }
     }
 }
 
@@ -564,7 +604,6 @@ fn edge_spec(
     dir: &Path,
     edge: &EdgePlan,
     nodes: &[NodePlan],
-    api_key: &str,
     jwt_secret: &str,
 ) -> ProcessSpec {
     let node_addrs = nodes
@@ -579,8 +618,6 @@ fn edge_spec(
         edge.http.clone().into(),
         "--nodes".into(),
         node_addrs.into(),
-        "--api-key".into(),
-        api_key.into(),
         "--jwt-hs256-secret".into(),
         jwt_secret.into(),
     ];
@@ -939,7 +976,6 @@ mod tests {
             Path::new("/d"),
             &plan,
             &nodes,
-            "k",
             "s",
         );
         assert_eq!(spec.label, "edge 1");
@@ -958,8 +994,6 @@ mod tests {
                 "127.0.0.1:5002",
                 "--nodes",
                 "127.0.0.1:4001,127.0.0.1:4003",
-                "--api-key",
-                "k",
                 "--jwt-hs256-secret",
                 "s"
             ]

@@ -45,6 +45,11 @@ struct Cli {
     #[arg(long, global = true, env = "HERALD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
 
+    /// PEM cluster CA: call `--server` over TLS (a node started with
+    /// `--grpc-tls`), trusting only this CA. Required for `https://`.
+    #[arg(long, global = true, env = "HERALD_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -71,7 +76,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server = Server::new(cli.server, cli.api_key);
+    let server = Server::new(cli.server, cli.api_key).with_tls_ca(cli.tls_ca);
     let outcome = match cli.command {
         Command::Certs(args) => certs::run(args).map(|()| ExitCode::SUCCESS),
         Command::Dev(args) => dev::run(args).await,

@@ -81,6 +81,8 @@ struct DevCluster {
     child_pids: Vec<i32>,
     grpc: String,
     api_key: String,
+    admin_key: String,
+    tls_ca: String,
     edge: EdgeUrls,
     token: String,
 }
@@ -112,6 +114,8 @@ impl DevCluster {
             child_pids: Vec::new(),
             grpc: String::new(),
             api_key: String::new(),
+            admin_key: String::new(),
+            tls_ca: String::new(),
             edge: EdgeUrls::default(),
             token: String::new(),
         };
@@ -140,6 +144,8 @@ impl DevCluster {
                 ["edge", "1", "sse", url] => cluster.edge.sse = (*url).to_string(),
                 ["edge", "1", "metrics", url] => cluster.edge.metrics = (*url).to_string(),
                 ["api-key", key] => cluster.api_key = (*key).to_string(),
+                ["admin-key", key] => cluster.admin_key = (*key).to_string(),
+                ["tls-ca", path] => cluster.tls_ca = (*path).to_string(),
                 ["token", token] => cluster.token = (*token).to_string(),
                 ["data-dir", dir] => assert!(Path::new(dir).is_dir(), "{line}"),
                 _ => panic!("unexpected line from herald dev: {line}"),
@@ -150,6 +156,12 @@ impl DevCluster {
             cluster.api_key.len(),
             32,
             "api key is 16 random bytes in hex"
+        );
+        assert_eq!(cluster.admin_key.len(), 32, "a separate admin key");
+        assert_ne!(cluster.admin_key, cluster.api_key);
+        assert!(
+            Path::new(&cluster.tls_ca).is_file(),
+            "herald dev serves gRPC over TLS and prints its CA"
         );
         let edge = &cluster.edge;
         let edge_host = edge
@@ -190,6 +202,7 @@ impl DevCluster {
     fn cli(&self, args: &[&str]) -> Output {
         Command::new(herald())
             .args(["--server", &self.grpc, "--api-key", &self.api_key])
+            .args(["--tls-ca", &self.tls_ca])
             .args(args)
             .output()
             .expect("running herald")
@@ -493,6 +506,8 @@ fn dev_cluster_serves_the_cli_and_stops_cleanly() {
             &cluster.grpc,
             "--api-key",
             "not-the-key",
+            "--tls-ca",
+            &cluster.tls_ca,
             "status",
         ])
         .output()
@@ -501,6 +516,13 @@ fn dev_cluster_serves_the_cli_and_stops_cleanly() {
     let stderr = String::from_utf8_lossy(&wrong_key.stderr);
     assert!(
         stderr.starts_with("error: ") && stderr.contains("(reason API_KEY_INVALID)"),
+        "{stderr}"
+    );
+    // The printed publish key cannot change the membership.
+    let out = cluster.cli(&["node", "remove", "3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("(reason PERMISSION_DENIED)"),
         "{stderr}"
     );
 
