@@ -76,7 +76,9 @@ impl DevCluster {
         policy: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(herald);
-        command.args(["dev", "--nodes", &nodes.to_string()]);
+        // Plaintext: the benchmark clients and the extra edges speak
+        // cleartext gRPC with the printed publish and edge keys.
+        command.args(["dev", "--plaintext", "--nodes", &nodes.to_string()]);
         if let Some(policy) = policy {
             command.arg("--config").arg(policy);
         }
