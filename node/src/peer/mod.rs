@@ -395,3 +395,100 @@ async fn read_stream(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+    /// A CA and, for each URI, a node certificate, loaded as [`PeerTls`].
+    struct Pki {
+        dir: tempfile::TempDir,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let key = KeyPair::generate().unwrap();
+            let cert = ca.self_signed(&key).unwrap();
+            std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+            Self {
+                dir,
+                issuer: Issuer::new(ca, key),
+            }
+        }
+
+        fn tls(&self, node: u64) -> PeerTls {
+            let mut p = CertificateParams::new(vec![SERVER_NAME.to_string()]).unwrap();
+            p.subject_alt_names.push(SanType::URI(
+                herald_proto::identity::node_uri(node).try_into().unwrap(),
+            ));
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &self.issuer).unwrap();
+            let d = self.dir.path();
+            let (c, k) = (
+                d.join(format!("n{node}.pem")),
+                d.join(format!("n{node}-key.pem")),
+            );
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            PeerTls::load(&d.join("ca.pem"), &c, &k).unwrap()
+        }
+    }
+
+    fn plane(
+        id: u64,
+        tls: PeerTls,
+    ) -> (Arc<PeerPlane>, broadcast::Receiver<Arc<Vec<Publication>>>) {
+        let (tx, rx) = broadcast::channel(16);
+        let plane = PeerPlane::bind(id, "127.0.0.1:0".parse().unwrap(), tls, tx).unwrap();
+        (plane, rx)
+    }
+
+    fn publication(i: u64) -> Bytes {
+        frame(&Publication {
+            channel: "bound".into(),
+            offset: i,
+            ..Default::default()
+        })
+    }
+
+    async fn received(rx: &mut broadcast::Receiver<Arc<Vec<Publication>>>) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_bound_to_the_certified_node_id() {
+        let pki = Pki::new();
+        let (sender, _) = plane(1, pki.tls(1));
+        let (node2, mut rx2) = plane(2, pki.tls(2));
+        let addr2 = node2.local_addr().unwrap().to_string();
+
+        // The right node receives.
+        sender.send(2, &addr2, "bound", publication(1));
+        assert!(received(&mut rx2).await, "node 2 receives from node 1");
+
+        // A peer certified as node 3, dialed as node 2, is refused.
+        let (impostor, mut rx_impostor) = plane(2, pki.tls(3));
+        let addr = impostor.local_addr().unwrap().to_string();
+        let (sender2, _) = plane(1, pki.tls(1));
+        sender2.send(2, &addr, "bound", publication(2));
+        assert!(
+            !received(&mut rx_impostor).await,
+            "a peer certified as node 3 must not be taken for node 2"
+        );
+
+        // A sender certified as node 1 that claims to be node 5 is closed.
+        let (liar, _) = plane(5, pki.tls(1));
+        liar.send(2, &addr2, "bound", publication(3));
+        assert!(
+            !received(&mut rx2).await,
+            "a stream claiming another id than its certificate's must be closed"
+        );
+    }
+}
