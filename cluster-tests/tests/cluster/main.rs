@@ -12,7 +12,7 @@
 //! | `membership` | 1: joining (via snapshot) and removing nodes under load loses nothing |
 //! | `validation` | 5 and 6: idempotent retries, schema and limit errors with stable reasons, auth, forwarding, batches, `History` windows |
 //! | `health` | Operations: liveness independent of quorum, readiness dependent on it |
-//! | `roles` | Security: internal RPCs refused to publish keys and anonymous callers; a foreign-CA node cannot join (`docs/security.md`) |
+//! | `roles` | Security: internal RPCs refused to publish keys and anonymous callers; a foreign-CA node cannot join; the checker's planted-flaw companion (`docs/security.md`) |
 //!
 //! `ledger` (what was sent and acknowledged, and the history check) and
 //! `load` (careful concurrent publishers) come from the harness library, shared

@@ -70,15 +70,26 @@ fn tls_options(dir: &Path) -> ClusterOptions {
     }
 }
 
-/// The code and reason of a refusal; an answer that is not one is a bug.
-fn refusal<T: std::fmt::Debug>(what: &str, r: Result<T, Status>) -> (Code, String) {
+/// The code and reason of an answer: `(OK, "answered")` when the call
+/// went through.
+fn refusal<T>(_what: &str, r: Result<T, Status>) -> (Code, String) {
     match r {
-        Ok(v) => panic!("{what}: answered {v:?}, expected a refusal"),
+        Ok(_) => (Code::Ok, "answered".to_string()),
         Err(s) => (
             s.code(),
             reason_of(&s).unwrap_or_else(|| s.message().to_string()),
         ),
     }
+}
+
+/// The checker: every call of `answers` not refused with `code` and
+/// `reason`, described.
+fn leaks(answers: &[(&'static str, (Code, String))], code: Code, reason: &str) -> Vec<String> {
+    answers
+        .iter()
+        .filter(|(_, (c, r))| (*c, r.as_str()) != (code, reason))
+        .map(|(call, (c, r))| format!("{call}: {c:?} {r}"))
+        .collect()
 }
 
 /// Every internal call with the credentials `channel` and `key` carry:
@@ -173,22 +184,12 @@ async fn internal_rpcs_refuse_publish_keys_and_anonymous_callers() {
         .expect("a publish key publishes");
     assert_eq!(ack.into_inner().offset, 1);
 
-    for (call, (code, reason)) in
-        internal_calls(channel_tls(addr, Some(&ca)), Some(PUBLISH_KEY)).await
-    {
-        assert_eq!(
-            (code, reason.as_str()),
-            (Code::PermissionDenied, "PERMISSION_DENIED"),
-            "{call} with a publish key"
-        );
-    }
-    for (call, (code, reason)) in internal_calls(channel_tls(addr, Some(&ca)), None).await {
-        assert_eq!(
-            (code, reason.as_str()),
-            (Code::Unauthenticated, "API_KEY_MISSING"),
-            "{call} without credentials"
-        );
-    }
+    let with_key = internal_calls(channel_tls(addr, Some(&ca)), Some(PUBLISH_KEY)).await;
+    let leaked = leaks(&with_key, Code::PermissionDenied, "PERMISSION_DENIED");
+    assert!(leaked.is_empty(), "with a publish key: {leaked:#?}");
+    let anonymous = internal_calls(channel_tls(addr, Some(&ca)), None).await;
+    let leaked = leaks(&anonymous, Code::Unauthenticated, "API_KEY_MISSING");
+    assert!(leaked.is_empty(), "without credentials: {leaked:#?}");
 
     // The admin key reaches Admin (removing node 99, not a member, is a
     // no-op), and nothing node-only.
@@ -222,7 +223,10 @@ async fn internal_rpcs_refuse_publish_keys_and_anonymous_callers() {
     // (The TLS listener answers an HTTP/2 preface with a TLS alert: the
     // call fails in transport, whatever code the client library picks.)
     assert!(
-        !matches!(code, Code::PermissionDenied | Code::Unauthenticated),
+        !matches!(
+            code,
+            Code::Ok | Code::PermissionDenied | Code::Unauthenticated
+        ),
         "cleartext must not even reach the role check: {code:?}"
     );
 
@@ -305,4 +309,40 @@ async fn a_node_from_a_foreign_ca_cannot_join_even_as_a_learner() {
     announce(
         "verdict roles_foreign_ca: foreign-CA node 4 never a member after 15 s; node 5 with the cluster CA joined as learner",
     );
+}
+
+/// The checker's companion: on a cluster where every caller holds every
+/// role (`--allow-unauthenticated`, the flaw this file looks for, planted),
+/// the same calls with a publish key are reported as leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_sees_internal_rpcs_open_to_a_publish_key() {
+    let tls = tempfile::tempdir().unwrap();
+    certs(tls.path());
+    let mut opts = tls_options(tls.path());
+    opts.extra_args.push("--allow-unauthenticated".into());
+    let mut cluster = Cluster::start(3, opts).await.unwrap();
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let addr = cluster.node(leader).grpc_addr();
+    let ca = tls.path().join("ca.pem");
+    let answers = internal_calls(channel_tls(addr, Some(&ca)), Some(PUBLISH_KEY)).await;
+    let leaked = leaks(&answers, Code::PermissionDenied, "PERMISSION_DENIED");
+    for call in [
+        "Raft.Vote",
+        "Raft.AppendEntries",
+        "Admin.Campaign",
+        "EdgeLink.Link",
+    ] {
+        assert!(
+            leaked.iter().any(|l| l.starts_with(call)),
+            "the checker missed {call}: {leaked:#?}"
+        );
+    }
+    announce(format!(
+        "verdict roles_planted: the checker reports {} of {} internal calls open on an unauthenticated cluster",
+        leaked.len(),
+        answers.len()
+    ));
 }
