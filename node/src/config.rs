@@ -154,6 +154,12 @@ pub struct NodeArgs {
     #[arg(long, env = "HERALD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
+    /// Transitional: accept one certificate shared by every node, naming no
+    /// `herald://node/<id>`. QUIC connections are then not bound to node
+    /// ids (a node can speak for another). Not with `--grpc-tls`.
+    #[arg(long, env = "HERALD_TLS_SHARED_NODE_CERT", default_value_t = false)]
+    pub tls_shared_node_cert: bool,
+
     /// How long a channel stays registered after its last local subscriber
     /// left, in milliseconds (absorbs flapping clients).
     #[arg(long, env = "HERALD_INTEREST_LINGER_MS", default_value_t = 1000)]
@@ -204,6 +210,8 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// Whether gRPC runs over TLS (mutual TLS between nodes and edges).
     pub grpc_tls: bool,
+    /// `--tls-shared-node-cert`: QUIC connections not bound to node ids.
+    pub tls_shared_node_cert: bool,
     /// Raft heartbeat.
     pub heartbeat: Duration,
     /// Raft election timeout lower bound.
@@ -427,10 +435,16 @@ impl NodeArgs {
             (Some(ca), Some(cert), Some(key)) => {
                 crate::peer::tls::PeerTls::load(&ca, &cert, &key)
                     .map_err(|e| bad(e.field, format!("{}: {}", e.path, e.reason)))?;
-                check_node_identity(id, &cert)?;
+                check_node_identity(id, &cert, self.tls_shared_node_cert)?;
                 Some(TlsFiles { ca, cert, key })
             }
         };
+        if self.tls_shared_node_cert && self.grpc_tls {
+            return Err(bad(
+                "--tls-shared-node-cert",
+                "not with --grpc-tls: nodes prove who they are by their own certificate",
+            ));
+        }
         if self.grpc_tls && tls.is_none() {
             return Err(bad(
                 "--tls-ca",
@@ -474,6 +488,7 @@ impl NodeArgs {
             allow_unauthenticated: self.allow_unauthenticated,
             tls,
             grpc_tls: self.grpc_tls,
+            tls_shared_node_cert: self.tls_shared_node_cert,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             election_timeout: Duration::from_millis(self.election_timeout_ms),
             snapshot_every: self.snapshot_every,
@@ -486,7 +501,7 @@ impl NodeArgs {
 
 /// The certificate must name this node (`herald://node/<id>`): peers bind
 /// a connection to the node id its certificate names.
-fn check_node_identity(id: u64, cert: &std::path::Path) -> Result<(), ConfigError> {
+fn check_node_identity(id: u64, cert: &std::path::Path, shared: bool) -> Result<(), ConfigError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let leaf = CertificateDer::pem_file_iter(cert)
@@ -496,6 +511,7 @@ fn check_node_identity(id: u64, cert: &std::path::Path) -> Result<(), ConfigErro
         .ok_or_else(|| bad("--tls-cert", format!("{}: no certificate", cert.display())))?;
     match crate::identity::of_certificate(&leaf) {
         Some(Identity::Node(named)) if named == id => Ok(()),
+        None if shared => Ok(()),
         other => Err(bad(
             "--tls-cert",
             format!(
@@ -759,6 +775,50 @@ mod tests {
         let e = run("4").unwrap_err();
         assert_eq!(e.field, "--tls-cert");
         assert!(e.reason.contains("herald://node/3"), "{e}");
+        // A shared certificate naming nobody, only when asked for, and not
+        // with gRPC TLS.
+        let shared = tempfile::tempdir().unwrap();
+        let [sca, scert, skey] = ca_and_cert(shared.path(), "https://example.com");
+        let with_shared = |more: &[&str]| {
+            let mut a = vec![
+                "--id",
+                "3",
+                "--join",
+                "a:1",
+                "--api-key",
+                "k,node:n",
+                "--quic-listen",
+                "127.0.0.1:0",
+                "--tls-ca",
+                &sca,
+                "--tls-cert",
+                &scert,
+                "--tls-key",
+                &skey,
+            ];
+            a.extend(more);
+            parse(&a)
+        };
+        assert_eq!(with_shared(&[]).unwrap_err().field, "--tls-cert");
+        assert!(with_shared(&["--tls-shared-node-cert"]).is_ok());
+        let e = parse(&[
+            "--id",
+            "3",
+            "--join",
+            "a:1",
+            "--api-key",
+            "k",
+            "--grpc-tls",
+            "--tls-ca",
+            &sca,
+            "--tls-cert",
+            &scert,
+            "--tls-key",
+            &skey,
+            "--tls-shared-node-cert",
+        ])
+        .unwrap_err();
+        assert_eq!(e.field, "--tls-shared-node-cert");
         let [ca2, edge, edge_key] = ca_and_cert(dir.path(), "herald://edge");
         let e = parse(&[
             "--id",

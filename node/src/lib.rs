@@ -119,7 +119,8 @@ pub async fn run(
     let (plane, interest) = match &config.quic {
         None => (None, None),
         Some(q) => {
-            let tls = peer::tls::PeerTls::load(&q.ca, &q.cert, &q.key)?;
+            let mut tls = peer::tls::PeerTls::load(&q.ca, &q.cert, &q.key)?;
+            tls.bind_node_ids = !config.tls_shared_node_cert;
             let plane = peer::PeerPlane::bind(config.id, q.listen, tls, replica.delivery_sender())
                 .with_context(|| format!("--quic-listen {}", q.listen))?;
             replica.attach_plane(plane.clone());
@@ -225,7 +226,8 @@ async fn run_fanout(
         outbound,
         config.join.clone(),
     ));
-    let tls = peer::tls::PeerTls::load(&q.ca, &q.cert, &q.key)?;
+    let mut tls = peer::tls::PeerTls::load(&q.ca, &q.cert, &q.key)?;
+    tls.bind_node_ids = !config.tls_shared_node_cert;
     let plane = peer::PeerPlane::bind(config.id, q.listen, tls, node.delivery_sender())
         .with_context(|| format!("--quic-listen {}", q.listen))?;
     let quic_addr = quic_advertise(&config, q, &plane)?;

@@ -48,6 +48,7 @@ pub struct PeerPlane {
     client: quinn::ClientConfig,
     links: Mutex<HashMap<u64, Arc<PeerLink>>>,
     delivery: broadcast::Sender<Arc<Vec<Publication>>>,
+    bind_node_ids: bool,
 }
 
 impl PeerPlane {
@@ -66,6 +67,7 @@ impl PeerPlane {
             client: tls.client,
             links: Mutex::new(HashMap::new()),
             delivery,
+            bind_node_ids: tls.bind_node_ids,
         });
         tokio::spawn(accept(plane.clone()));
         Ok(plane)
@@ -90,6 +92,7 @@ impl PeerPlane {
                     PeerLink::start(
                         self.id,
                         node,
+                        self.bind_node_ids,
                         addr.to_string(),
                         self.endpoint.clone(),
                         self.client.clone(),
@@ -136,6 +139,7 @@ impl PeerLink {
     fn start(
         me: u64,
         node: u64,
+        bind: bool,
         addr: String,
         endpoint: quinn::Endpoint,
         client: quinn::ClientConfig,
@@ -148,6 +152,7 @@ impl PeerLink {
             tokio::spawn(write_stream(
                 me,
                 node,
+                bind,
                 addr.clone(),
                 endpoint.clone(),
                 client.clone(),
@@ -175,6 +180,7 @@ impl PeerLink {
 
 async fn connect(
     node: u64,
+    bind: bool,
     endpoint: &quinn::Endpoint,
     client: &quinn::ClientConfig,
     addr: &str,
@@ -191,7 +197,7 @@ async fn connect(
     match tokio::time::timeout(Duration::from_secs(3), connecting).await {
         Ok(Ok(c)) => {
             let named = peer_node(&c);
-            if named != Some(node) {
+            if bind && named != Some(node) {
                 metrics::counter!("herald_peer_refused_total").increment(1);
                 tracing::warn!(
                     addr,
@@ -216,6 +222,7 @@ async fn connect(
 async fn write_stream(
     me: u64,
     node: u64,
+    bind: bool,
     addr: String,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
@@ -225,7 +232,7 @@ async fn write_stream(
     // The frames that failed to write are retried once on the new stream.
     let mut pending: Vec<Bytes> = Vec::new();
     loop {
-        let Some(c) = connect(node, &endpoint, &client, &addr, &conn).await else {
+        let Some(c) = connect(node, bind, &endpoint, &client, &addr, &conn).await else {
             // Unreachable: drop what queued meanwhile (receivers fill from
             // history) rather than grow, and try again shortly.
             pending.clear();
@@ -294,11 +301,15 @@ async fn watch_path(node: u64, conn: Arc<tokio::sync::Mutex<Option<quinn::Connec
 async fn accept(plane: Arc<PeerPlane>) {
     while let Some(incoming) = plane.endpoint.accept().await {
         let delivery = plane.delivery.clone();
+        let bind = plane.bind_node_ids;
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => match peer_node(&conn) {
-                    Some(id) => serve_connection(id, conn, delivery).await,
+                    Some(id) => serve_connection(Some(id), conn, delivery).await,
+                    // A shared node certificate (`--tls-shared-node-cert`):
+                    // any id the streams claim.
+                    None if !bind => serve_connection(None, conn, delivery).await,
                     None => {
                         metrics::counter!("herald_peer_refused_total").increment(1);
                         tracing::warn!(%remote, "refused a peer whose certificate names no node");
@@ -327,7 +338,7 @@ fn peer_node(conn: &quinn::Connection) -> Option<u64> {
 }
 
 async fn serve_connection(
-    certified: u64,
+    certified: Option<u64>,
     conn: quinn::Connection,
     delivery: broadcast::Sender<Arc<Vec<Publication>>>,
 ) {
@@ -337,7 +348,7 @@ async fn serve_connection(
 }
 
 async fn read_stream(
-    certified: u64,
+    certified: Option<u64>,
     mut stream: quinn::RecvStream,
     delivery: broadcast::Sender<Arc<Vec<Publication>>>,
 ) {
@@ -346,7 +357,7 @@ async fn read_stream(
         return;
     }
     let claimed = u64::from_be_bytes(id);
-    if claimed != certified {
+    if certified.is_some_and(|c| c != claimed) {
         metrics::counter!("herald_peer_refused_total").increment(1);
         tracing::warn!(
             claimed,

@@ -36,6 +36,9 @@ pub struct PeerTls {
     pub server: quinn::ServerConfig,
     /// For dialing peers.
     pub client: quinn::ClientConfig,
+    /// Bind every connection to the node id its certificate names (see
+    /// [`crate::peer`]). Off only with `--tls-shared-node-cert`.
+    pub bind_node_ids: bool,
 }
 
 fn err(field: &'static str, path: &Path, reason: impl ToString) -> TlsError {
@@ -104,6 +107,10 @@ impl PeerTls {
         server.transport_config(transport.clone());
         let mut client = quinn::ClientConfig::new(Arc::new(client));
         client.transport_config(transport);
-        Ok(Self { server, client })
+        Ok(Self {
+            server,
+            client,
+            bind_node_ids: true,
+        })
     }
 }
