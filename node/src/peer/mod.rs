@@ -150,9 +150,7 @@ impl PeerLink {
             let (tx, rx) = mpsc::channel(STREAM_QUEUE);
             queues.push(tx);
             tokio::spawn(write_stream(
-                me,
-                node,
-                bind,
+                Ends { me, node, bind },
                 addr.clone(),
                 endpoint.clone(),
                 client.clone(),
@@ -219,10 +217,17 @@ async fn connect(
     }
 }
 
-async fn write_stream(
+/// The two ends of a link: this node, the peer, and whether the peer's
+/// certificate must name it.
+#[derive(Clone, Copy)]
+struct Ends {
     me: u64,
     node: u64,
     bind: bool,
+}
+
+async fn write_stream(
+    Ends { me, node, bind }: Ends,
     addr: String,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
