@@ -39,6 +39,7 @@ type scrapeRun struct {
 	promAddr string
 	grpc     string
 	key      string
+	edgeKey  string
 }
 
 func scrapeCmd(args []string) error {
@@ -135,8 +136,9 @@ func (r *scrapeRun) run(dir, rules string, panels map[string]string, publishes i
 	if ratePanel == "" || connPanel == "" {
 		return errors.New(`the dashboard has no "Publishes per second" or "Connections" panel`)
 	}
-	// 1. herald dev: a 3-node cluster; read its banner.
-	dev := &Command{Path: filepath.Join(r.bin, "herald"), Args: []string{"dev"}, Env: []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}}
+	// 1. herald dev: a 3-node cluster (plaintext: the edge below links with
+	// the printed edge key); read its banner.
+	dev := &Command{Path: filepath.Join(r.bin, "herald"), Args: []string{"dev", "--plaintext"}, Env: []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}}
 	banner, err := r.startDev(dev)
 	if err != nil {
 		return err
@@ -158,8 +160,11 @@ func (r *scrapeRun) run(dir, rules string, panels map[string]string, publishes i
 		if k, ok := strings.CutPrefix(l, "api-key "); ok {
 			r.key = k
 		}
+		if k, ok := strings.CutPrefix(l, "edge-key "); ok {
+			r.edgeKey = k
+		}
 	}
-	if len(nodeTargets) == 0 || r.grpc == "" || r.key == "" {
+	if len(nodeTargets) == 0 || r.grpc == "" || r.key == "" || r.edgeKey == "" {
 		return fmt.Errorf("herald dev printed no node metrics, grpc or api-key lines:\n%s", strings.Join(banner, "\n"))
 	}
 	fmt.Printf("  herald dev: %d nodes ready\n", len(nodeTargets))
@@ -175,7 +180,7 @@ func (r *scrapeRun) run(dir, rules string, panels map[string]string, publishes i
 	}
 	edge := &Command{Path: filepath.Join(r.bin, "herald-edge"), Env: []string{"PATH=" + os.Getenv("PATH")}, Args: []string{
 		"--listen", edgeClient, "--http-listen", edgeHTTP, "--nodes", r.grpc,
-		"--api-key", r.key, "--allow-anonymous", "--anonymous-channels", "scrape-test",
+		"--api-key", r.edgeKey, "--allow-anonymous", "--anonymous-channels", "scrape-test",
 	}}
 	edgeProc, err := r.sup.Start("edge", edge)
 	if err != nil {
