@@ -27,6 +27,10 @@ impl Ops for Replica {
         if self.is_ready() {
             return Ok(());
         }
+        let joining = self.joining();
+        if !joining.is_empty() {
+            return Err(joining);
+        }
         let m = self.metrics();
         Err(match m.current_leader {
             None => "no leader known".to_string(),

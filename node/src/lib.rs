@@ -11,6 +11,7 @@ pub mod config;
 pub mod fanout_node;
 pub mod grpc;
 pub mod http;
+pub mod members;
 pub mod membership;
 pub mod namespace;
 pub mod peer;
@@ -150,7 +151,11 @@ pub async fn run(
         stop_rx,
     ));
     let admin = AdminServer::new(grpc::admin::AdminService::new(replica.clone()));
-    let raft_rpc = RaftServer::new(grpc::raft::RaftService::new(raft.clone()))
+    let me = raft::network::Addressee {
+        id: config.id,
+        incarnation: log.incarnation(),
+    };
+    let raft_rpc = RaftServer::new(grpc::raft::RaftService::new(raft.clone(), me))
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
 
@@ -168,7 +173,7 @@ pub async fn run(
     );
     let membership_task = tokio::spawn(startup::bootstrap_or_join(
         config.clone(),
-        raft.clone(),
+        replica.clone(),
         outbound,
     ));
     tracing::info!(id = config.id, grpc = %config.grpc_listen, http = %config.http_listen, "node started");

@@ -51,6 +51,11 @@ fn describe() {
         "Entries appended to the local Raft log"
     );
     describe_counter!(
+        "herald_raft_refused_total",
+        "Raft votes, appends and snapshots refused because they were addressed \
+         to another incarnation of this node (it lost its disk) or another node"
+    );
+    describe_counter!(
         "herald_raft_snapshots_total",
         "Snapshots built or installed"
     );

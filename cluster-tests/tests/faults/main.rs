@@ -12,6 +12,8 @@
 //! | `isolated_follower` | a follower cut off until the leader compacted past it, then healed | 1: it catches up (by snapshot) to an identical history |
 //! | `rolling_restart` | SIGTERM, restart, wait ready, for every node and then every edge in turn, twice, under load, with subscribers on both edges | 1 and 5 across graceful node restarts; 2 and 3 for every subscriber across edge restarts |
 //! | `wiped_disk` | SIGKILL of the bootstrap node, its data dir deleted, restarted | 1: it rejoins the cluster it belonged to, never forms a second one |
+//! | `wiped_voter` | a lagging node and a voter whose disk was wiped left alone after the voters holding the newest acknowledged entries crashed | 1: the wiped voter refuses to vote as its old incarnation, so no leader is elected without the acknowledged entries; it is re-added as a learner and promoted |
+//! | `bootstrap_partition` | the bootstrap node restarted with an empty disk while cut off from every peer | 1: it never initializes a second cluster while a peer is silent, and says why in `/readyz`; once healed it rejoins |
 //! | `lossy_links` | 20% loss and 100 ms delay on every peer link, under load | 1 and 5 with progress continuing |
 //! | `clock_jump` | the leader's wall clock jumps an hour ahead, then leadership moves | 1 and 5; publication timestamps never go backwards |
 //! | `edge_partition` | an edge cut off from its node (both ways, one way), then from every node | 2: the edge notices a silent link (keepalive) and moves; cut off from all, it turns unready and tells clients; subscribers miss nothing |
@@ -22,6 +24,7 @@
 //! libfaketime print `SKIPPED <scenario>: <reason>` and pass when the
 //! machine lacks them; CI installs what they need.
 
+mod bootstrap_partition;
 mod clock_jump;
 mod edge_partition;
 mod isolated_follower;
@@ -31,6 +34,7 @@ mod reconnect_storm;
 mod rolling_restart;
 mod soak;
 mod wiped_disk;
+mod wiped_voter;
 
 use std::time::Duration;
 

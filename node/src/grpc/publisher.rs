@@ -419,6 +419,7 @@ impl Publisher for PublisherService {
                     .as_ref()
                     .map(|r| r.get(id).and_then(|l| *l).map_or(0, |l| l.index))
                     .or_else(|| (*id == self.replica.id).then(|| m.last_log_index.unwrap_or(0))),
+                incarnation: node.incarnation,
             })
             .chain(
                 self.replica
@@ -429,6 +430,7 @@ impl Publisher for PublisherService {
                         grpc_addr,
                         role: "fanout".to_string(),
                         matched_index: None,
+                        incarnation: 0,
                     }),
             )
             .collect();
@@ -449,6 +451,8 @@ impl Publisher for PublisherService {
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
             leader_grpc_addr,
+            incarnation: self.replica.incarnation(),
+            joining: self.replica.joining(),
         }))
     }
 }

@@ -22,29 +22,58 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
+/// This data directory's incarnation (see [`LogStore::incarnation`]).
+const INCARNATION: &str = "incarnation";
 
 /// The log store; cheap to clone (readers share the database).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
     committed_index: Arc<AtomicU64>,
+    incarnation: u64,
 }
 
 impl LogStore {
     /// Open the store on a shared database, creating tables as needed.
+    /// A directory opened for the first time gets a new random incarnation.
     pub fn open(db: Arc<Database>) -> Result<Self, redb::Error> {
         let tx = db.begin_write()?;
         tx.open_table(LOG)?;
-        tx.open_table(META)?;
+        let incarnation = {
+            let mut meta = tx.open_table(META)?;
+            let stored = meta
+                .get(INCARNATION)?
+                .and_then(|v| decode::<u64>(v.value()).ok());
+            match stored {
+                Some(i) => i,
+                None => {
+                    let minted = rand::random_range(1..u64::MAX);
+                    meta.insert(INCARNATION, encode(&minted).as_slice())?;
+                    minted
+                }
+            }
+        };
         tx.commit()?;
         let store = Self {
             db,
             committed_index: Arc::new(AtomicU64::new(0)),
+            incarnation,
         };
         if let Some(c) = store.meta::<LogId<u64>>(COMMITTED).ok().flatten() {
             store.committed_index.store(c.index, Ordering::Relaxed);
         }
         Ok(store)
+    }
+
+    /// A random number minted when this data directory was first opened and
+    /// kept with the log. The Raft membership records each member's
+    /// incarnation and every Raft RPC names the one it is meant for, so a
+    /// node that lost its disk (and with it its log and its vote) is refused
+    /// as the member it used to be: it can neither vote nor count towards a
+    /// quorum until the cluster has re-added it under its new incarnation,
+    /// as a learner first (`Replica::add_node`).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The highest index this node knows to be committed.

@@ -18,11 +18,15 @@ pub mod network;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
 
-/// What Raft knows about a node: where to reach it.
+/// What Raft knows about a node: where to reach it, and which incarnation
+/// of its data directory is the member (a node that lost its disk comes
+/// back as a new incarnation and is not that member until re-added).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// host:port of its gRPC API.
     pub grpc_addr: String,
+    /// The member's incarnation ([`log_store::LogStore::incarnation`]).
+    pub incarnation: u64,
 }
 
 impl std::fmt::Display for NodeInfo {
