@@ -147,6 +147,7 @@ impl Replica {
     /// Commit an internal command (node registry, channel interest) through
     /// the leader, wherever it is.
     pub async fn submit(&self, cmd: crate::raft::Command) -> Result<(), Rejection> {
+        self.refuse_on_failed_storage()?;
         match self.leader() {
             None => Err(Rejection::NoLeader),
             Some((id, _)) if id == self.id => match self.raft.client_write(cmd).await {
@@ -202,10 +203,21 @@ impl Replica {
         *self.applied.borrow()
     }
 
+    /// Why this node must acknowledge nothing, if its disk failed.
+    pub fn storage_failure(&self) -> Option<Rejection> {
+        let failure = self.log.disk().failure()?;
+        Some(Rejection::StorageFailed(failure.to_string()))
+    }
+
+    fn refuse_on_failed_storage(&self) -> Result<(), Rejection> {
+        self.storage_failure().map_or(Ok(()), Err)
+    }
+
     /// Ready: a leader is known and everything known committed is applied.
     pub fn is_ready(&self) -> bool {
         let m = self.metrics();
-        m.current_leader.is_some()
+        self.storage_failure().is_none()
+            && m.current_leader.is_some()
             && m.running_state.is_ok()
             && !self.leader_without_quorum(&m)
             && self.applied_index() >= self.committed_index()
@@ -406,6 +418,9 @@ impl Replica {
 
     /// Commit publications as one unit, or say where the leader is.
     pub async fn publish(&self, items: Vec<NewPublication>) -> Result<PublishOutcome, Rejection> {
+        // A node whose disk failed is out of the cluster until restarted:
+        // it neither commits nor forwards, so publishers move on at once.
+        self.refuse_on_failed_storage()?;
         if let Some(result) = self.publish_ephemeral(&items) {
             return result.map(PublishOutcome::Done);
         }
@@ -430,6 +445,11 @@ impl Replica {
             return Err(Rejection::CommitTimeout);
         };
         match proposed {
+            // The other voters may have committed it without this node's
+            // disk; the answer is still "not acknowledged here".
+            Ok(_) if self.storage_failure().is_some() => {
+                Err(self.storage_failure().expect("checked in the guard"))
+            }
             Ok(accepted) => Ok(PublishOutcome::Done(accepted)),
             Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id && keyed => {
                 Ok(PublishOutcome::Forward(id, node))
@@ -442,6 +462,7 @@ impl Replica {
     /// Make sure local reads reflect every write acknowledged before the
     /// call: leader only.
     pub async fn read_barrier(&self) -> Result<(), Rejection> {
+        self.refuse_on_failed_storage()?;
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(_)) => Err(Rejection::NoLeader),
