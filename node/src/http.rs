@@ -31,8 +31,10 @@ pub trait Ops: Send + Sync + 'static {
 
 impl Ops for Replica {
     fn liveness(&self) -> Result<(), String> {
-        self.storage_failure()
-            .map_or(Ok(()), |r| Err(format!("{} ({r})", r.reason())))
+        match self.log_disk().failure() {
+            None => Ok(()),
+            Some(f) => Err(format!("storage failed: {f}")),
+        }
     }
 
     fn readiness(&self) -> Result<(), String> {

@@ -203,6 +203,11 @@ impl Replica {
         *self.applied.borrow()
     }
 
+    /// The disk under this node's log and state.
+    pub fn log_disk(&self) -> &crate::disk::DiskHealth {
+        self.log.disk()
+    }
+
     /// Why this node must acknowledge nothing, if its disk failed.
     pub fn storage_failure(&self) -> Option<Rejection> {
         let failure = self.log.disk().failure()?;
@@ -444,12 +449,11 @@ impl Replica {
         let Ok(proposed) = proposed else {
             return Err(Rejection::CommitTimeout);
         };
+        // The disk may have failed while this was proposed: whatever Raft
+        // answered (the other voters may have committed it without this
+        // node's disk), it is not acknowledged here.
+        self.refuse_on_failed_storage()?;
         match proposed {
-            // The other voters may have committed it without this node's
-            // disk; the answer is still "not acknowledged here".
-            Ok(_) if self.storage_failure().is_some() => {
-                Err(self.storage_failure().expect("checked in the guard"))
-            }
             Ok(accepted) => Ok(PublishOutcome::Done(accepted)),
             Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id && keyed => {
                 Ok(PublishOutcome::Forward(id, node))
