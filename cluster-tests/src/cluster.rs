@@ -30,6 +30,7 @@ use tonic::Status;
 use crate::binary;
 use crate::client::{self, Admin, Publisher, RotatingPublisher};
 use crate::clock;
+use crate::disk::{self, SmallDisk};
 use crate::network::Network;
 use crate::process::{NodeLaunch, NodeProc};
 
@@ -58,6 +59,13 @@ pub struct ClusterOptions {
     /// (monotonic time is left alone, as an NTP step would). Needs
     /// [`clock::libfaketime`].
     pub clock_control: bool,
+    /// Run every node under libfiu (`fiu-run -x`) so [`Cluster::fail_disk`]
+    /// can make one node's disk fail while it runs. Needs
+    /// [`disk::libfiu`].
+    pub disk_faults: bool,
+    /// Give every node a data directory of its own tmpfs of this many
+    /// bytes, so [`Cluster::fill_disk`] can fill it up. Needs root.
+    pub small_disks: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -73,6 +81,8 @@ impl Default for ClusterOptions {
                 .unwrap_or_else(|_| "info,openraft=warn".to_string()),
             extra_args: Vec::new(),
             clock_control: false,
+            disk_faults: false,
+            small_disks: None,
         }
     }
 }
@@ -146,6 +156,8 @@ pub(crate) fn free_addrs(n: usize) -> std::io::Result<Vec<SocketAddr>> {
 /// A set of `herald-node` processes forming one cluster.
 pub struct Cluster {
     nodes: BTreeMap<u64, NodeProc>,
+    /// Unmounted once the nodes using them are dead.
+    small_disks: Vec<SmallDisk>,
     opts: ClusterOptions,
     policy_path: Option<PathBuf>,
     // Field order matters for Drop: processes die (in `drop`) before their
@@ -226,6 +238,7 @@ impl Cluster {
             .join(",");
         let mut cluster = Self {
             nodes: BTreeMap::new(),
+            small_disks: Vec::new(),
             opts,
             policy_path,
             net,
@@ -255,6 +268,9 @@ impl Cluster {
     ) -> anyhow::Result<&mut NodeProc> {
         let data_dir = self.dir().join(format!("node-{id}"));
         std::fs::create_dir_all(&data_dir)?;
+        if let Some(bytes) = self.opts.small_disks {
+            self.small_disks.push(SmallDisk::mount(&data_dir, bytes)?);
+        }
         let log_path = self.dir().join(format!("node-{id}.log"));
         let mut args: Vec<OsString> = vec![
             "--id".into(),
@@ -281,9 +297,16 @@ impl Cluster {
             args.extend(["--config".into(), policy.clone().into()]);
         }
         args.extend(extra);
-        let (program, mut command) = match &self.net {
+        let (program, command) = match &self.net {
             None => (binary.to_path_buf(), Vec::new()),
             Some(net) => net.command_in(id, binary),
+        };
+        let (program, mut command) = if self.opts.disk_faults {
+            let (wrapper, mut leading) = disk::wrap(self.dir(), program)?;
+            leading.extend(command);
+            (wrapper, leading)
+        } else {
+            (program, command)
         };
         command.extend(args);
         let env = if self.opts.clock_control {

@@ -12,8 +12,10 @@
 //!
 //! Fault injection beyond signals: [`Cluster::start_isolated`] runs each
 //! node in its own network namespace so links can be cut or degraded
-//! ([`network`]), and [`ClusterOptions::clock_control`] lets a test jump one
-//! node's wall clock ([`clock`]). The [`load`] of careful publishers writes a
+//! ([`network`]), [`ClusterOptions::clock_control`] lets a test jump one
+//! node's wall clock ([`clock`]), and [`ClusterOptions::disk_faults`] and
+//! [`ClusterOptions::small_disks`] let it fail or fill one node's disk
+//! ([`disk`]). The [`load`] of careful publishers writes a
 //! [`ledger`] that the history checker compares with every node's history;
 //! each scenario ends with a printed [`verdict::Verdict`].
 //!
@@ -28,6 +30,7 @@ pub mod binary;
 pub mod client;
 pub mod clock;
 pub mod cluster;
+pub mod disk;
 pub mod edge;
 pub mod ledger;
 pub mod load;

@@ -8,6 +8,7 @@
 
 pub mod channels;
 pub mod config;
+pub mod disk;
 pub mod fanout_node;
 pub mod grpc;
 pub mod http;
@@ -75,11 +76,10 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("herald.redb");
-    let db = Arc::new(
-        redb::Database::create(&db_path)
-            .with_context(|| format!("opening {}", db_path.display()))?,
-    );
-    let log = LogStore::open(db.clone()).context("opening the raft log")?;
+    let (db, disk) =
+        disk::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let db = Arc::new(db);
+    let log = LogStore::open(db.clone(), disk).context("opening the raft log")?;
     let sm = StateMachine::open(db).context("opening the state machine")?;
     let raft_config = openraft::Config {
         cluster_name: "herald".into(),

@@ -111,6 +111,12 @@ pub enum Rejection {
     /// The request named a node or membership change that cannot happen.
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// This node's disk failed (a write, an fsync, or no space left): it
+    /// acknowledges nothing more until restarted on a working disk. The
+    /// publish may still be committed by the other nodes; retry it there
+    /// with the same idempotency key.
+    #[error("this node's storage failed ({0}); publish through another node")]
+    StorageFailed(String),
     /// Raft stopped on this node.
     #[error("raft is shut down on this node: {0}")]
     RaftFatal(String),
@@ -146,6 +152,7 @@ impl Rejection {
             Self::LeaderUnreachable(_) => "LEADER_UNREACHABLE",
             Self::Membership(_) => "MEMBERSHIP_CHANGE_REFUSED",
             Self::RaftFatal(_) => "RAFT_STOPPED",
+            Self::StorageFailed(_) => "STORAGE_FAILED",
             Self::ApiKeyMissing => "API_KEY_MISSING",
             Self::ApiKeyInvalid => "API_KEY_INVALID",
         }
@@ -159,6 +166,7 @@ impl Rejection {
             | Self::CommitTimeout
             | Self::SteppingDown
             | Self::LeaderUnreachable(_)
+            | Self::StorageFailed(_)
             | Self::RaftFatal(_) => Code::Unavailable,
             Self::Membership(_) => Code::FailedPrecondition,
             Self::ApiKeyMissing | Self::ApiKeyInvalid => Code::Unauthenticated,

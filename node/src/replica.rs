@@ -149,6 +149,7 @@ impl Replica {
     /// Commit an internal command (node registry, channel interest) through
     /// the leader, wherever it is.
     pub async fn submit(&self, cmd: crate::raft::Command) -> Result<(), Rejection> {
+        self.refuse_on_failed_storage()?;
         match self.leader() {
             None => Err(Rejection::NoLeader),
             Some((id, _)) if id == self.id => match self.raft.client_write(cmd).await {
@@ -204,10 +205,26 @@ impl Replica {
         *self.applied.borrow()
     }
 
+    /// The disk under this node's log and state.
+    pub fn log_disk(&self) -> &crate::disk::DiskHealth {
+        self.log.disk()
+    }
+
+    /// Why this node must acknowledge nothing, if its disk failed.
+    pub fn storage_failure(&self) -> Option<Rejection> {
+        let failure = self.log.disk().failure()?;
+        Some(Rejection::StorageFailed(failure.to_string()))
+    }
+
+    fn refuse_on_failed_storage(&self) -> Result<(), Rejection> {
+        self.storage_failure().map_or(Ok(()), Err)
+    }
+
     /// Ready: a leader is known and everything known committed is applied.
     pub fn is_ready(&self) -> bool {
         let m = self.metrics();
-        m.current_leader.is_some()
+        self.storage_failure().is_none()
+            && m.current_leader.is_some()
             && m.running_state.is_ok()
             && !self.leader_without_quorum(&m)
             && self.applied_index() >= self.committed_index()
@@ -408,6 +425,9 @@ impl Replica {
 
     /// Commit publications as one unit, or say where the leader is.
     pub async fn publish(&self, items: Vec<NewPublication>) -> Result<PublishOutcome, Rejection> {
+        // A node whose disk failed is out of the cluster until restarted:
+        // it neither commits nor forwards, so publishers move on at once.
+        self.refuse_on_failed_storage()?;
         if let Some(result) = self.publish_ephemeral(&items) {
             return result.map(PublishOutcome::Done);
         }
@@ -431,6 +451,10 @@ impl Replica {
         let Ok(proposed) = proposed else {
             return Err(Rejection::CommitTimeout);
         };
+        // The disk may have failed while this was proposed: whatever Raft
+        // answered (the other voters may have committed it without this
+        // node's disk), it is not acknowledged here.
+        self.refuse_on_failed_storage()?;
         match proposed {
             Ok(accepted) => Ok(PublishOutcome::Done(accepted)),
             Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id && keyed => {
@@ -444,6 +468,7 @@ impl Replica {
     /// Make sure local reads reflect every write acknowledged before the
     /// call: leader only.
     pub async fn read_barrier(&self) -> Result<(), Rejection> {
+        self.refuse_on_failed_storage()?;
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(_)) => Err(Rejection::NoLeader),

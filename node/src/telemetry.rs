@@ -63,6 +63,14 @@ fn describe() {
         "herald_grpc_auth_failures_total",
         "gRPC calls refused for their API key, by reason"
     );
+    describe_counter!(
+        "herald_storage_failures_total",
+        "Failed operations on the database file, by op (read, write, fsync, resize, stat) and error (eio, enospc, other)"
+    );
+    describe_gauge!(
+        "herald_storage_failed",
+        "1 once a disk operation failed: the node acknowledges nothing until restarted"
+    );
     describe_gauge!("herald_raft_term", "Current Raft term");
     describe_gauge!("herald_raft_leader_id", "Id of the known leader, 0 if none");
     describe_gauge!("herald_raft_is_leader", "1 on the leader");

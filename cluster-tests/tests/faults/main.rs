@@ -18,14 +18,17 @@
 //! | `clock_jump` | the leader's wall clock jumps an hour ahead, then leadership moves | 1 and 5; publication timestamps never go backwards |
 //! | `edge_partition` | an edge cut off from its node (both ways, one way), then from every node | 2: the edge notices a silent link (keepalive) and moves; cut off from all, it turns unready and tells clients; subscribers miss nothing |
 //! | `reconnect_storm` | 10,000 clients on one edge, the edge killed and restarted | 3 for all of them; `--connection-rate` refuses the surplus (503, 3504); no node falls over |
+//! | `disk_failure` | EIO on fsync, EIO on write (libfiu), a full disk (tmpfs filled with a ballast), each on a follower and then the leader, under load; disk mended, node restarted | 1: the failed node reports it and acknowledges nothing (`STORAGE_FAILED`); the others go on; it recovers from its last durable commit and catches up |
 //! | `soak` | kill -9, pause, SIGTERM, partitions (both ways, one way) and netem on nodes, kill -9, pause, SIGTERM and cuts on edges, at random from a printed seed | all of the above, mixed |
 //!
 //! Scenarios that need network namespaces (root, `ip`, `iptables`) or
 //! libfaketime print `SKIPPED <scenario>: <reason>` and pass when the
-//! machine lacks them; CI installs what they need.
+//! machine lacks them; CI installs what they need. The disk scenarios fail
+//! instead when libfiu (`fiu-utils`) or root (to mount a tmpfs) is missing.
 
 mod bootstrap_partition;
 mod clock_jump;
+mod disk_failure;
 mod edge_partition;
 mod isolated_follower;
 mod isolated_leader;

@@ -41,7 +41,14 @@ impl PublisherService {
         forwarded: bool,
     ) -> Result<Vec<PublishResponse>, Status> {
         let started = Instant::now();
-        let result = self.commit_inner(reqs, forwarded).await;
+        let mut result = self.commit_inner(reqs, forwarded).await;
+        // A node whose disk failed while this was under way (here, or
+        // while it was forwarded to the leader) acknowledges nothing.
+        if result.is_ok()
+            && let Some(refused) = self.replica.storage_failure()
+        {
+            result = Err(refused.into());
+        }
         let label = match &result {
             Ok(_) => "ok",
             Err(s) => match s.code() {
