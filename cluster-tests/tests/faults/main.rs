@@ -11,6 +11,7 @@
 //! | `isolated_leader` | the leader cut off from both followers, under load | 1: the minority side acknowledges nothing; the majority elects and keeps acknowledging |
 //! | `isolated_follower` | a follower cut off until the leader compacted past it, then healed | 1: it catches up (by snapshot) to an identical history |
 //! | `rolling_restart` | SIGTERM, restart, wait ready, for every node and then every edge in turn, twice, under load, with subscribers on both edges | 1 and 5 across graceful node restarts; 2 and 3 for every subscriber across edge restarts |
+//! | `lost_quorum` | SIGKILL of two of three voters, their data dirs deleted; `herald-node recover` on the survivor, the two back with empty disks | 1: every acknowledged publication survives on every node; 3: every channel's epoch changes once and resuming subscribers are told `recovered: false` |
 //! | `wiped_disk` | SIGKILL of the bootstrap node, its data dir deleted, restarted | 1: it rejoins the cluster it belonged to, never forms a second one |
 //! | `lossy_links` | 20% loss and 100 ms delay on every peer link, under load | 1 and 5 with progress continuing |
 //! | `clock_jump` | the leader's wall clock jumps an hour ahead, then leadership moves | 1 and 5; publication timestamps never go backwards |
@@ -27,6 +28,7 @@ mod edge_partition;
 mod isolated_follower;
 mod isolated_leader;
 mod lossy_links;
+mod lost_quorum;
 mod reconnect_storm;
 mod rolling_restart;
 mod soak;
@@ -158,6 +160,53 @@ fn unexpected_not_recovered(records: &[Record]) -> Vec<String> {
         .flat_map(Record::not_recovered_explained)
         .map(|line| format!("recovered: false inside the history window: {line}"))
         .collect()
+}
+
+/// Run `herald-node <command> --data-dir <node id's data dir> --id <id>`
+/// (an offline command, `inspect` or `recover`) to completion.
+fn herald_node_offline(cluster: &Cluster, id: u64, command: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(herald_cluster_tests::binary::herald_node());
+    cmd.arg(command)
+        .arg("--data-dir")
+        .arg(cluster.node(id).data_dir());
+    if command == "recover" {
+        cmd.args(["--id", &id.to_string()]);
+    }
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HERALD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running herald-node {command}: {e}"))
+}
+
+/// Publish ids `first..first + n` of `spec`'s channels one at a time
+/// through `nodes` (retrying with the key, patience 60 s each), writing
+/// every outcome to `ledger`. Returns the retries made.
+async fn publish_each(
+    cluster: &Cluster,
+    nodes: &[u64],
+    ledger: &mut Ledger,
+    spec: &LoadSpec,
+    first: u64,
+    n: u64,
+) -> u64 {
+    let mut publisher = cluster
+        .rotating_publisher(nodes, 0)
+        .with_attempt_timeout(Duration::from_secs(5));
+    for id in first..first + n {
+        let channel = spec.channel_of(id);
+        ledger.sent(id, &channel);
+        match publisher
+            .publish(ledger::request(id, &channel), Duration::from_secs(60))
+            .await
+        {
+            Ok(resp) => ledger.acked(id, &resp),
+            Err(failure) => ledger.failed(id, failure.to_string()),
+        }
+    }
+    publisher.retries
 }
 
 /// The id of the node edge `edge`'s EdgeLink is on, if it is linked.
