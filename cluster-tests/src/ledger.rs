@@ -146,6 +146,17 @@ impl Ledger {
         self.sent.values().cloned().collect()
     }
 
+    /// A restore from a backup rewound history: the acknowledgements of
+    /// `ids` (publications acknowledged after the backup was taken) no
+    /// longer hold. They stay sent, so a node holding one is not flagged
+    /// as holding a publication never sent; whether they are gone is the
+    /// scenario's to check.
+    pub fn forget_acks(&mut self, ids: impl IntoIterator<Item = u64>) {
+        for id in ids {
+            self.acked.remove(&id);
+        }
+    }
+
     /// A recovery or a restore gave channels new epochs (`changes`:
     /// channel -> (old, new)); offsets and history carried on. Carry every
     /// acknowledgement in a channel's old epoch into its new one, so that

@@ -35,67 +35,6 @@ const PROBE_BASE: u64 = 1_000_000_000;
 const PROBES: u64 = 5;
 const AFTER_BASE: u64 = 2_000_000_000;
 
-/// Violations unless, on every channel of `new_epochs`, the first
-/// subscribe reply `record` got in the new epoch was a resume answered
-/// `recovered: false`: the client was told its position no longer holds.
-fn told_of_new_epochs(record: &Record, new_epochs: &BTreeMap<String, String>) -> Vec<String> {
-    let mut bad = Vec::new();
-    for (channel, new) in new_epochs {
-        let events = record.channels.get(channel).map_or(&[][..], Vec::as_slice);
-        let first = events.iter().find_map(|e| match e {
-            Event::Subscribed {
-                epoch,
-                recovering,
-                recovered,
-                ..
-            } if epoch == new => Some((*recovering, *recovered)),
-            _ => None,
-        });
-        match first {
-            Some((true, false)) => {}
-            Some((recovering, recovered)) => bad.push(format!(
-                "subscriber {} {channel}: first told of the new epoch {new:?} by a subscribe \
-                 with recovering={recovering} recovered={recovered}, not a resume answered recovered: false",
-                record.name
-            )),
-            None => bad.push(format!(
-                "subscriber {} {channel}: never told of the new epoch {new:?}",
-                record.name
-            )),
-        }
-    }
-    bad
-}
-
-/// Each channel's `(epoch, newest offset)` on node `id`.
-async fn positions(
-    cluster: &Cluster,
-    id: u64,
-    channels: &[String],
-) -> BTreeMap<String, (String, u64)> {
-    let mut out = BTreeMap::new();
-    for c in channels {
-        let h = cluster
-            .history(id, c, 1)
-            .await
-            .unwrap_or_else(|e| panic!("History({c}) on node {id}: {e:?}"));
-        out.insert(c.clone(), (h.epoch, h.offset));
-    }
-    out
-}
-
-/// `epoch <channel> <old> -> <new> at offset <n>` lines of `recover`'s report.
-fn printed_epochs(report: &str) -> BTreeMap<String, (String, String)> {
-    report
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.strip_prefix("epoch ")?.split_whitespace();
-            let (channel, old, _, new) = (w.next()?, w.next()?, w.next()?, w.next()?);
-            Some((channel.to_string(), (old.to_string(), new.to_string())))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_majority_recovered_from_the_survivor_with_every_acknowledged_publication() {
     // Snapshots every 100 entries: the survivor's data is a snapshot plus
@@ -130,7 +69,7 @@ async fn lost_majority_recovered_from_the_survivor_with_every_acknowledged_publi
         .wait_converged(Duration::from_secs(120))
         .await
         .unwrap();
-    let before = positions(&cluster, survivor, &channels).await;
+    let before = crate::positions(&cluster, survivor, &channels).await;
     let newest: BTreeMap<String, u64> = before.iter().map(|(c, p)| (c.clone(), p.1)).collect();
     for s in &subscribers {
         s.wait_for(&newest, Duration::from_secs(60)).await.unwrap();
@@ -199,15 +138,15 @@ async fn lost_majority_recovered_from_the_survivor_with_every_acknowledged_publi
             voters(&alone)
         ));
     }
-    let after = positions(&cluster, survivor, &channels).await;
+    let after = crate::positions(&cluster, survivor, &channels).await;
     let changes: BTreeMap<String, (String, String)> = before
         .iter()
         .map(|(c, (old, _))| (c.clone(), (old.clone(), after[c].0.clone())))
         .collect();
-    if printed_epochs(&report) != changes {
+    if crate::printed_epochs(&report) != changes {
         violations.push(format!(
             "recover printed epoch changes {:?}, the node applied {changes:?}",
-            printed_epochs(&report)
+            crate::printed_epochs(&report)
         ));
     }
     for (c, (old_epoch, old_offset)) in &before {
@@ -242,7 +181,7 @@ async fn lost_majority_recovered_from_the_survivor_with_every_acknowledged_publi
         .unwrap();
 
     // Exactly one change: the final epoch is the one right after recovery.
-    let last = positions(&cluster, survivor, &channels).await;
+    let last = crate::positions(&cluster, survivor, &channels).await;
     for (c, (new, _)) in &after {
         if last[c].0 != *new {
             violations.push(format!(
@@ -261,7 +200,7 @@ async fn lost_majority_recovered_from_the_survivor_with_every_acknowledged_publi
         .map(|(c, (_, n))| (c.clone(), n.clone()))
         .collect();
     for r in &records {
-        violations.extend(told_of_new_epochs(r, &new_epochs));
+        violations.extend(crate::told_of_new_epochs(r, &new_epochs));
     }
     let kept = report
         .lines()
@@ -278,7 +217,7 @@ async fn lost_majority_recovered_from_the_survivor_with_every_acknowledged_publi
         .conclude();
 }
 
-/// The planted bugs of [`told_of_new_epochs`]: a resume answered
+/// The planted bugs of [`crate::told_of_new_epochs`]: a resume answered
 /// `recovered: true` in the new epoch, and a client never told of it.
 #[test]
 fn told_of_new_epochs_catches_silent_rewinds() {
@@ -298,12 +237,12 @@ fn told_of_new_epochs_catches_silent_rewinds() {
         subscribed("old", false, false),
         subscribed("new", true, false),
     ]);
-    assert!(told_of_new_epochs(&told, &new).is_empty());
+    assert!(crate::told_of_new_epochs(&told, &new).is_empty());
     let silent = record(vec![
         subscribed("old", false, false),
         subscribed("new", true, true),
     ]);
-    assert_eq!(told_of_new_epochs(&silent, &new).len(), 1);
+    assert_eq!(crate::told_of_new_epochs(&silent, &new).len(), 1);
     let never = record(vec![subscribed("old", false, false)]);
-    assert_eq!(told_of_new_epochs(&never, &new).len(), 1);
+    assert_eq!(crate::told_of_new_epochs(&never, &new).len(), 1);
 }

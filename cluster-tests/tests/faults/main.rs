@@ -17,6 +17,7 @@
 //! | `clock_jump` | the leader's wall clock jumps an hour ahead, then leadership moves | 1 and 5; publication timestamps never go backwards |
 //! | `edge_partition` | an edge cut off from its node (both ways, one way), then from every node | 2: the edge notices a silent link (keepalive) and moves; cut off from all, it turns unready and tells clients; subscribers miss nothing |
 //! | `reconnect_storm` | 10,000 clients on one edge, the edge killed and restarted | 3 for all of them; `--connection-rate` refuses the surplus (503, 3504); no node falls over |
+//! | `restore` | the whole cluster lost after publications acknowledged past a backup copy; the copy restored on one node with `herald-node recover`, the others back with empty disks | 3: every epoch changes, the publications after the backup are on no node, resuming subscribers that saw them are told `recovered: false` |
 //! | `soak` | kill -9, pause, SIGTERM, partitions (both ways, one way) and netem on nodes, kill -9, pause, SIGTERM and cuts on edges, at random from a printed seed | all of the above, mixed |
 //!
 //! Scenarios that need network namespaces (root, `ip`, `iptables`) or
@@ -30,16 +31,18 @@ mod isolated_leader;
 mod lossy_links;
 mod lost_quorum;
 mod reconnect_storm;
+mod restore;
 mod rolling_restart;
 mod soak;
 mod wiped_disk;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald_cluster_tests::edge::EdgeProc;
 use herald_cluster_tests::ledger::{self, Ledger};
 use herald_cluster_tests::load::{Load, LoadSpec};
-use herald_cluster_tests::subscriber::{Record, Tuning};
+use herald_cluster_tests::subscriber::{Event, Record, Tuning};
 use herald_cluster_tests::{Cluster, Network, Subscriber, SubscriberOptions, announce, edge_token};
 
 /// Whether network namespaces are usable here; if not, say so and why.
@@ -159,6 +162,67 @@ fn unexpected_not_recovered(records: &[Record]) -> Vec<String> {
         .iter()
         .flat_map(Record::not_recovered_explained)
         .map(|line| format!("recovered: false inside the history window: {line}"))
+        .collect()
+}
+
+/// Violations unless, on every channel of `new_epochs`, the first
+/// subscribe reply `record` got in the new epoch was a resume answered
+/// `recovered: false`: the client was told its position no longer holds.
+fn told_of_new_epochs(record: &Record, new_epochs: &BTreeMap<String, String>) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (channel, new) in new_epochs {
+        let events = record.channels.get(channel).map_or(&[][..], Vec::as_slice);
+        let first = events.iter().find_map(|e| match e {
+            Event::Subscribed {
+                epoch,
+                recovering,
+                recovered,
+                ..
+            } if epoch == new => Some((*recovering, *recovered)),
+            _ => None,
+        });
+        match first {
+            Some((true, false)) => {}
+            Some((recovering, recovered)) => bad.push(format!(
+                "subscriber {} {channel}: first told of the new epoch {new:?} by a subscribe \
+                 with recovering={recovering} recovered={recovered}, not a resume answered recovered: false",
+                record.name
+            )),
+            None => bad.push(format!(
+                "subscriber {} {channel}: never told of the new epoch {new:?}",
+                record.name
+            )),
+        }
+    }
+    bad
+}
+
+/// Each channel's `(epoch, newest offset)` on node `id`.
+async fn positions(
+    cluster: &Cluster,
+    id: u64,
+    channels: &[String],
+) -> BTreeMap<String, (String, u64)> {
+    let mut out = BTreeMap::new();
+    for c in channels {
+        let h = cluster
+            .history(id, c, 1)
+            .await
+            .unwrap_or_else(|e| panic!("History({c}) on node {id}: {e:?}"));
+        out.insert(c.clone(), (h.epoch, h.offset));
+    }
+    out
+}
+
+/// `epoch <channel> <old> -> <new> at offset <n>` lines of `recover`'s report.
+fn printed_epochs(report: &str) -> BTreeMap<String, (String, String)> {
+    report
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("epoch ")?.split_whitespace();
+            let (channel, old, _, new) = (w.next()?, w.next()?, w.next()?, w.next()?);
+            Some((channel.to_string(), (old.to_string(), new.to_string())))
+        })
         .collect()
 }
 
