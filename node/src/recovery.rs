@@ -301,6 +301,9 @@ impl std::fmt::Display for Recovered {
 mod tests {
     use super::*;
 
+    // Only the address matters here; whatever else a node's info holds
+    // keeps its default, however many fields it grows.
+    #[allow(clippy::field_reassign_with_default)]
     fn members(ids: &[u64]) -> Membership<u64, NodeInfo> {
         let nodes: BTreeMap<u64, NodeInfo> = ids
             .iter()
@@ -351,5 +354,74 @@ mod tests {
             plan(4, last, &vote, &members(&[1, 2, 3]), 0),
             Err(RecoveryError::NotAVoter { id: 4, .. })
         ));
+    }
+
+    fn publish(channel: &str) -> Command {
+        Command::Publish(crate::channels::Proposal {
+            published_at_ms: 1,
+            nonce: 1,
+            idempotency_window_ms: 0,
+            items: vec![crate::channels::NewPublication {
+                channel: channel.into(),
+                event_type: "e".into(),
+                data: bytes::Bytes::from_static(b"{}"),
+                content_type: "application/json".into(),
+                idempotency_key: String::new(),
+                headers: BTreeMap::new(),
+                history_size: 10,
+                history_ttl_ms: 0,
+            }],
+        })
+    }
+
+    /// The whole offline path on a real database: refused while open,
+    /// then every entry kept, the new entries after them, and what the
+    /// node will see on start (one voter, new epochs) visible to inspect.
+    #[tokio::test]
+    async fn recover_keeps_every_entry_and_refuses_an_open_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join(DATABASE)).unwrap());
+        let log = LogStore::open(db.clone()).unwrap();
+        let leader = CommittedLeaderId::new(3, 1);
+        let entries = vec![
+            Entry {
+                log_id: LogId::new(leader, 1),
+                payload: EntryPayload::Membership(members(&[1, 2, 3])),
+            },
+            Entry {
+                log_id: LogId::new(leader, 2),
+                payload: EntryPayload::Normal(publish("a")),
+            },
+            Entry {
+                log_id: LogId::new(leader, 3),
+                payload: EntryPayload::Normal(publish("a")),
+            },
+        ];
+        log.append_with_vote(&entries, &Vote::new_committed(3, 1))
+            .unwrap();
+        assert!(matches!(
+            recover(dir.path(), 2, 7).await,
+            Err(RecoveryError::InUse(_))
+        ));
+        drop(log);
+        drop(db);
+
+        let before = inspect(dir.path()).await.unwrap();
+        let r = recover(dir.path(), 2, 7).await.unwrap();
+        assert_eq!(r.entries_kept, 3);
+        let term = CommittedLeaderId::new(4, 2);
+        assert_eq!(r.appended, vec![LogId::new(term, 4), LogId::new(term, 5)]);
+        assert_eq!(r.dropped, BTreeSet::from([1, 3]));
+        assert_eq!(r.epochs.len(), 1);
+        assert_eq!(r.epochs[0].old, before.channels.get("a").unwrap().epoch);
+        assert_eq!(r.epochs[0].offset.0, 2);
+
+        let after = inspect(dir.path()).await.unwrap();
+        assert_eq!(after.last_log_id, Some(LogId::new(term, 5)));
+        assert_eq!(after.vote, Vote::new_committed(4, 2));
+        assert_eq!(after.membership.voter_ids().collect::<Vec<_>>(), vec![2]);
+        let a = after.channels.get("a").unwrap();
+        assert_eq!(a.epoch, r.epochs[0].new);
+        assert_eq!(a.last_offset.0, 2);
     }
 }
