@@ -7,6 +7,13 @@
 //! proposal (including the time and sizes the leader put in it) and the
 //! current state, never on this node's clock or configuration. Replicas that
 //! apply the same log hold the same state.
+//!
+//! An epoch changes in exactly two ways: a channel is created (its epoch
+//! derived from the creating proposal's nonce), or a recovery or restore
+//! gives every channel a new one ([`ChannelTable::bump_epochs`], derived
+//! from that command's nonce) because continuity with what clients saw can
+//! no longer be proved. Offsets and history carry on across a bump; only a
+//! reader's old `(epoch, offset)` stops being continuous.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -37,6 +44,19 @@ impl Epoch {
         }
         Epoch(format!("{:08x}", (h >> 32) as u32))
     }
+}
+
+/// A channel whose epoch [`ChannelTable::bump_epochs`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochChange {
+    /// The channel.
+    pub channel: String,
+    /// Its epoch before.
+    pub old: Epoch,
+    /// Its epoch after.
+    pub new: Epoch,
+    /// Its newest offset (unchanged by the bump).
+    pub offset: Offset,
 }
 
 /// One publication as a publisher asked for it.
@@ -278,6 +298,37 @@ impl ChannelTable {
         out
     }
 
+    /// Give every channel a new epoch derived from `nonce` (never its
+    /// current one), keeping offsets and history, and answer retried
+    /// publishes still in the idempotency window with the new epoch. A
+    /// reader positioned in an old epoch is no longer continuous
+    /// ([`Self::history`] answers `in_window: false`), so a client is told
+    /// it may have missed something instead of being silently rewound.
+    pub fn bump_epochs(&mut self, nonce: u64) -> Vec<EpochChange> {
+        let mut changes = Vec::with_capacity(self.channels.len());
+        for (name, channel) in &mut self.channels {
+            let mut salt = nonce;
+            let mut new = Epoch::derive(salt, name);
+            while new == channel.epoch {
+                salt = salt.wrapping_add(1);
+                new = Epoch::derive(salt, name);
+            }
+            let old = std::mem::replace(&mut channel.epoch, new.clone());
+            changes.push(EpochChange {
+                channel: name.clone(),
+                old,
+                new,
+                offset: channel.last_offset,
+            });
+        }
+        for ((channel, _), remembered) in &mut self.idempotency.seen {
+            if let Some(c) = self.channels.get(channel) {
+                remembered.epoch = c.epoch.clone();
+            }
+        }
+        changes
+    }
+
     /// The newest publication time applied (Unix ms).
     pub fn clock_ms(&self) -> i64 {
         self.clock_ms
@@ -514,7 +565,94 @@ mod tests {
         assert_eq!(t.get("a").unwrap().history().len(), 1);
     }
 
+    #[test]
+    fn bump_changes_every_epoch_and_keeps_offsets_and_history() {
+        let mut t = ChannelTable::default();
+        t.apply(&proposal(1, vec![item("a", "k", 10), item("b", "", 10)]));
+        t.apply(&proposal(2, vec![item("a", "", 10)]));
+        let before = t.clone();
+        let old = t.get("a").unwrap().epoch.clone();
+        let changes = t.bump_epochs(77);
+        assert_eq!(changes.len(), 2);
+        for c in &changes {
+            let was = before.get(&c.channel).unwrap();
+            assert_eq!(c.old, was.epoch);
+            assert_ne!(c.new, c.old);
+            assert_eq!(c.offset, was.last_offset);
+            let now = t.get(&c.channel).unwrap();
+            assert_eq!(now.epoch, c.new);
+            assert_eq!(now.last_offset, was.last_offset);
+            assert!(now.history().eq(was.history()));
+        }
+        // A reader in the old epoch is told it cannot continue, even at the
+        // newest offset; one in the new epoch continues.
+        let stale = Since {
+            offset: Offset(2),
+            epoch: old,
+        };
+        assert!(!t.history("a", Some(&stale), 10, false, 0, 0).in_window);
+        let fresh = Since {
+            offset: Offset(1),
+            epoch: t.get("a").unwrap().epoch.clone(),
+        };
+        let page = t.history("a", Some(&fresh), 10, false, 0, 0);
+        assert!(page.in_window);
+        assert_eq!(page.publications[0].offset, Offset(2));
+        // The next publication continues the offsets in the new epoch, and
+        // a retried publish answers the new epoch.
+        let next = t.apply(&proposal(3, vec![item("a", "", 10), item("a", "k", 10)]));
+        assert_eq!(next[0].offset, Offset(3));
+        assert_eq!(next[0].epoch, t.get("a").unwrap().epoch);
+        assert!(next[1].duplicate);
+        assert_eq!(next[1].offset, Offset(1));
+        assert_eq!(next[1].epoch, t.get("a").unwrap().epoch);
+    }
+
+    #[test]
+    fn bump_never_keeps_an_epoch_even_on_a_hash_collision() {
+        let mut t = ChannelTable::default();
+        // A channel created with the very nonce the bump uses would derive
+        // the same epoch again.
+        t.apply(&Proposal {
+            published_at_ms: 0,
+            nonce: 5,
+            idempotency_window_ms: 0,
+            items: vec![item("a", "", 10)],
+        });
+        let old = t.get("a").unwrap().epoch.clone();
+        let changes = t.bump_epochs(5);
+        assert_ne!(changes[0].new, old);
+    }
+
     proptest! {
+        /// Replicas applying the same proposals and bumps hold the same
+        /// state, and every bump changes the epoch of every channel and
+        /// nothing else about it.
+        #[test]
+        fn bumps_are_deterministic_and_change_every_epoch(
+            ops in proptest::collection::vec((0u8..5, 0u8..4), 1..100),
+        ) {
+            let mut a = ChannelTable::default();
+            let mut b = ChannelTable::default();
+            for (i, (op, ch)) in ops.iter().enumerate() {
+                if *op == 0 {
+                    let before = a.clone();
+                    let changes = a.bump_epochs(i as u64);
+                    prop_assert_eq!(changes, b.bump_epochs(i as u64));
+                    prop_assert_eq!(a.len(), before.len());
+                    for (name, ch) in a.iter() {
+                        let was = before.get(name).unwrap();
+                        prop_assert_ne!(&ch.epoch, &was.epoch);
+                        prop_assert_eq!(ch.last_offset, was.last_offset);
+                    }
+                } else {
+                    let p = proposal(i as i64, vec![item(&format!("c{ch}"), "", 10)]);
+                    prop_assert_eq!(a.apply(&p), b.apply(&p));
+                }
+            }
+            prop_assert_eq!(a, b);
+        }
+
         /// Any sequence of proposals yields, per channel, contiguous offsets
         /// from 1, at most `size` retained, each idempotency key stored once.
         #[test]

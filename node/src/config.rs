@@ -23,7 +23,12 @@ use crate::namespace::{Limits, NamespaceConfig, Namespaces};
     version,
     about = "Herald node: Raft-replicated channels and the gRPC publish API"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
+    /// Offline maintenance of a stopped node's data dir instead of running.
+    #[command(subcommand)]
+    pub offline: Option<Offline>,
+
     /// This node's Raft id (unique in the cluster, > 0). In a Kubernetes
     /// StatefulSet, `--id-from-hostname` derives it from the pod ordinal instead.
     #[arg(long, env = "HERALD_ID")]
@@ -146,6 +151,31 @@ pub struct NodeArgs {
     /// Log level filter (`RUST_LOG` syntax).
     #[arg(long, env = "HERALD_LOG", default_value = "info,openraft=warn")]
     pub log: String,
+}
+
+/// Offline commands on a stopped voter's data dir (`docs/operations.md`,
+/// "Lost quorum" and "Backing up and restoring").
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Offline {
+    /// Print what a stopped node's data dir holds: its last log id (the
+    /// survivor with the highest term, then index, has the longest log),
+    /// vote, membership and channel count. Changes nothing.
+    Inspect {
+        /// The node's data dir.
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+        data_dir: PathBuf,
+    },
+    /// Turn a stopped voter's data dir into a one-node cluster that keeps
+    /// every log entry it has and gives every channel a new epoch (after a
+    /// lost quorum, or on a restored backup). Refuses a data dir in use.
+    Recover {
+        /// The node's data dir.
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+        data_dir: PathBuf,
+        /// This node's Raft id (a voter of the stored membership).
+        #[arg(long, env = "HERALD_ID")]
+        id: u64,
+    },
 }
 
 /// Where edges' history-keeping publications come from.

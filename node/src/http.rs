@@ -41,14 +41,11 @@ impl Ops for Replica {
         if self.is_ready() {
             return Ok(());
         }
-<<<<<<< HEAD
+        self.liveness()?;
         let joining = self.joining();
         if !joining.is_empty() {
             return Err(joining);
         }
-=======
-        self.liveness()?;
->>>>>>> diskfaults
         let m = self.metrics();
         Err(match m.current_leader {
             None => "no leader known".to_string(),

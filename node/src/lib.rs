@@ -19,6 +19,7 @@ pub mod peer;
 pub mod presence;
 pub mod proposer;
 pub mod raft;
+pub mod recovery;
 pub mod rejection;
 pub mod replica;
 mod startup;

@@ -11,6 +11,7 @@
 //! | `isolated_leader` | the leader cut off from both followers, under load | 1: the minority side acknowledges nothing; the majority elects and keeps acknowledging |
 //! | `isolated_follower` | a follower cut off until the leader compacted past it, then healed | 1: it catches up (by snapshot) to an identical history |
 //! | `rolling_restart` | SIGTERM, restart, wait ready, for every node and then every edge in turn, twice, under load, with subscribers on both edges | 1 and 5 across graceful node restarts; 2 and 3 for every subscriber across edge restarts |
+//! | `lost_quorum` | SIGKILL of two of three voters, their data dirs deleted; `herald-node recover` on the survivor, the two back with empty disks | 1: every acknowledged publication survives on every node; 3: every channel's epoch changes once and resuming subscribers are told `recovered: false` |
 //! | `wiped_disk` | SIGKILL of the bootstrap node, its data dir deleted, restarted | 1: it rejoins the cluster it belonged to, never forms a second one |
 //! | `wiped_voter` | a lagging node and a voter whose disk was wiped left alone after the voters holding the newest acknowledged entries crashed | 1: the wiped voter refuses to vote as its old incarnation, so no leader is elected without the acknowledged entries; it is re-added as a learner and promoted |
 //! | `bootstrap_partition` | the bootstrap node restarted with an empty disk while cut off from every peer | 1: it never initializes a second cluster while a peer is silent, and says why in `/readyz`; once healed it rejoins |
@@ -19,6 +20,7 @@
 //! | `edge_partition` | an edge cut off from its node (both ways, one way), then from every node | 2: the edge notices a silent link (keepalive) and moves; cut off from all, it turns unready and tells clients; subscribers miss nothing |
 //! | `reconnect_storm` | 10,000 clients on one edge, the edge killed and restarted | 3 for all of them; `--connection-rate` refuses the surplus (503, 3504); no node falls over |
 //! | `disk_failure` | EIO on fsync, EIO on write (libfiu), a full disk (tmpfs filled with a ballast), each on a follower and then the leader, under load; disk mended, node restarted | 1: the failed node reports it and acknowledges nothing (`STORAGE_FAILED`); the others go on; it recovers from its last durable commit and catches up |
+//! | `restore` | the whole cluster lost after publications acknowledged past a backup copy; the copy restored on one node with `herald-node recover`, the others back with empty disks | 3: every epoch changes, the publications after the backup are on no node, resuming subscribers that saw them are told `recovered: false` |
 //! | `soak` | kill -9, pause, SIGTERM, partitions (both ways, one way) and netem on nodes, kill -9, pause, SIGTERM and cuts on edges, at random from a printed seed | all of the above, mixed |
 //!
 //! Scenarios that need network namespaces (root, `ip`, `iptables`) or
@@ -33,18 +35,21 @@ mod edge_partition;
 mod isolated_follower;
 mod isolated_leader;
 mod lossy_links;
+mod lost_quorum;
 mod reconnect_storm;
+mod restore;
 mod rolling_restart;
 mod soak;
 mod wiped_disk;
 mod wiped_voter;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald_cluster_tests::edge::EdgeProc;
 use herald_cluster_tests::ledger::{self, Ledger};
 use herald_cluster_tests::load::{Load, LoadSpec};
-use herald_cluster_tests::subscriber::{Record, Tuning};
+use herald_cluster_tests::subscriber::{Event, Record, Tuning};
 use herald_cluster_tests::{Cluster, Network, Subscriber, SubscriberOptions, announce, edge_token};
 
 /// Whether network namespaces are usable here; if not, say so and why.
@@ -165,6 +170,114 @@ fn unexpected_not_recovered(records: &[Record]) -> Vec<String> {
         .flat_map(Record::not_recovered_explained)
         .map(|line| format!("recovered: false inside the history window: {line}"))
         .collect()
+}
+
+/// Violations unless, on every channel of `new_epochs`, the first
+/// subscribe reply `record` got in the new epoch was a resume answered
+/// `recovered: false`: the client was told its position no longer holds.
+fn told_of_new_epochs(record: &Record, new_epochs: &BTreeMap<String, String>) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (channel, new) in new_epochs {
+        let events = record.channels.get(channel).map_or(&[][..], Vec::as_slice);
+        let first = events.iter().find_map(|e| match e {
+            Event::Subscribed {
+                epoch,
+                recovering,
+                recovered,
+                ..
+            } if epoch == new => Some((*recovering, *recovered)),
+            _ => None,
+        });
+        match first {
+            Some((true, false)) => {}
+            Some((recovering, recovered)) => bad.push(format!(
+                "subscriber {} {channel}: first told of the new epoch {new:?} by a subscribe \
+                 with recovering={recovering} recovered={recovered}, not a resume answered recovered: false",
+                record.name
+            )),
+            None => bad.push(format!(
+                "subscriber {} {channel}: never told of the new epoch {new:?}",
+                record.name
+            )),
+        }
+    }
+    bad
+}
+
+/// Each channel's `(epoch, newest offset)` on node `id`.
+async fn positions(
+    cluster: &Cluster,
+    id: u64,
+    channels: &[String],
+) -> BTreeMap<String, (String, u64)> {
+    let mut out = BTreeMap::new();
+    for c in channels {
+        let h = cluster
+            .history(id, c, 1)
+            .await
+            .unwrap_or_else(|e| panic!("History({c}) on node {id}: {e:?}"));
+        out.insert(c.clone(), (h.epoch, h.offset));
+    }
+    out
+}
+
+/// `epoch <channel> <old> -> <new> at offset <n>` lines of `recover`'s report.
+fn printed_epochs(report: &str) -> BTreeMap<String, (String, String)> {
+    report
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("epoch ")?.split_whitespace();
+            let (channel, old, _, new) = (w.next()?, w.next()?, w.next()?, w.next()?);
+            Some((channel.to_string(), (old.to_string(), new.to_string())))
+        })
+        .collect()
+}
+
+/// Run `herald-node <command> --data-dir <node id's data dir> --id <id>`
+/// (an offline command, `inspect` or `recover`) to completion.
+fn herald_node_offline(cluster: &Cluster, id: u64, command: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(herald_cluster_tests::binary::herald_node());
+    cmd.arg(command)
+        .arg("--data-dir")
+        .arg(cluster.node(id).data_dir());
+    if command == "recover" {
+        cmd.args(["--id", &id.to_string()]);
+    }
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HERALD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running herald-node {command}: {e}"))
+}
+
+/// Publish ids `first..first + n` of `spec`'s channels one at a time
+/// through `nodes` (retrying with the key, patience 60 s each), writing
+/// every outcome to `ledger`. Returns the retries made.
+async fn publish_each(
+    cluster: &Cluster,
+    nodes: &[u64],
+    ledger: &mut Ledger,
+    spec: &LoadSpec,
+    first: u64,
+    n: u64,
+) -> u64 {
+    let mut publisher = cluster
+        .rotating_publisher(nodes, 0)
+        .with_attempt_timeout(Duration::from_secs(5));
+    for id in first..first + n {
+        let channel = spec.channel_of(id);
+        ledger.sent(id, &channel);
+        match publisher
+            .publish(ledger::request(id, &channel), Duration::from_secs(60))
+            .await
+        {
+            Ok(resp) => ledger.acked(id, &resp),
+            Err(failure) => ledger.failed(id, failure.to_string()),
+        }
+    }
+    publisher.retries
 }
 
 /// The id of the node edge `edge`'s EdgeLink is on, if it is linked.

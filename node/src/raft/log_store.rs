@@ -163,6 +163,32 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// Append `entries` after the last one and store `vote`, in one durable
+    /// transaction, outside Raft: how `herald-node recover` hands a lone
+    /// survivor a new membership and term (`crate::recovery`). Never used
+    /// while Raft runs on this store.
+    pub fn append_with_vote(
+        &self,
+        entries: &[Entry<TypeConfig>],
+        vote: &Vote<u64>,
+    ) -> Result<(), StorageError> {
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| (e.log_id.index, encode(e)))
+            .collect();
+        let vote = encode(vote);
+        self.write(Durability::Immediate, |tx| {
+            let mut log = tx.open_table(LOG)?;
+            for (index, bytes) in &encoded {
+                log.insert(*index, bytes.as_slice())?;
+            }
+            tx.open_table(META)?.insert(VOTE, vote.as_slice())?;
+            Ok(())
+        })
+    }
+}
+
 /// Run blocking disk work without stalling the other tasks of this worker.
 pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {

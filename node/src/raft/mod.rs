@@ -74,6 +74,14 @@ pub enum Command {
         /// The node.
         id: u64,
     },
+    /// Give every channel a new epoch derived from `nonce`, keeping offsets
+    /// and history: appended by `herald-node recover` (a lost-quorum
+    /// recovery or a restore from a backup), after which continuity with
+    /// what clients saw can no longer be proved.
+    BumpEpochs {
+        /// Seeds the new epochs.
+        nonce: u64,
+    },
 }
 
 /// What applying a command produced.

@@ -253,6 +253,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                         CommandResult::None
                     }
+                    EntryPayload::Normal(Command::BumpEpochs { nonce }) => {
+                        let changes = s.channels.bump_epochs(nonce);
+                        tracing::info!(channels = changes.len(), "channel epochs bumped");
+                        CommandResult::None
+                    }
                     EntryPayload::Membership(m) => {
                         // A node that left the cluster no longer receives anything.
                         let gone: Vec<u64> = s
