@@ -401,4 +401,54 @@ mod tests {
         assert_eq!(parse_resume_token(&t).unwrap(), m);
         assert!(parse_resume_token("garbage!").is_none());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn resume_tokens_round_trip(
+            positions in proptest::collection::btree_map(
+                "[a-z0-9_-]{1,20}(:[a-z0-9_-]{1,20})?",
+                ("[a-zA-Z0-9]{0,12}", proptest::num::u64::ANY),
+                0..6,
+            ),
+        ) {
+            let m: BTreeMap<ChannelName, Position> = positions
+                .into_iter()
+                .map(|(c, (e, o))| {
+                    (
+                        ChannelName::new(&c).unwrap(),
+                        Position { epoch: Epoch::new(&e), offset: Offset(o) },
+                    )
+                })
+                .collect();
+            proptest::prop_assert_eq!(parse_resume_token(&resume_token(&m)), Some(m));
+        }
+
+        #[test]
+        fn any_last_event_id_is_a_position_map_or_none(text in "\\PC{0,120}") {
+            if let Some(m) = parse_resume_token(&text) {
+                // Only valid channel names get through.
+                for c in m.keys() {
+                    proptest::prop_assert!(ChannelName::new(c.as_str()).is_ok());
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_resume_tokens_never_panic(
+            edits in proptest::collection::vec((proptest::num::usize::ANY, proptest::char::any()), 1..5),
+        ) {
+            let mut m = BTreeMap::new();
+            m.insert(
+                ChannelName::new("chat:a").unwrap(),
+                Position { epoch: Epoch::new("e1"), offset: Offset(5) },
+            );
+            let mut chars: Vec<char> = resume_token(&m).chars().collect();
+            for (i, c) in edits {
+                let i = i % chars.len();
+                chars[i] = c;
+            }
+            let mutated: String = chars.into_iter().collect();
+            let _ = parse_resume_token(&mutated);
+        }
+    }
 }
