@@ -562,4 +562,41 @@ mod tests {
             "tok2"
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_as_a_token_is_refused_as_documented(text in "\\PC{0,200}") {
+            match verifier().connection(&text) {
+                Ok(_) => proptest::prop_assert!(false, "accepted garbage"),
+                Err(AuthError::Missing) => proptest::prop_assert!(text.trim().is_empty()),
+                Err(AuthError::Malformed(_) | AuthError::BadSignature(_) | AuthError::Expired | AuthError::Rejected(_)) => {}
+                Err(e) => proptest::prop_assert!(false, "unexpected error {e:?}"),
+            }
+        }
+
+        #[test]
+        fn a_mutated_token_is_refused_or_still_says_exactly_the_same(
+            edits in proptest::collection::vec((proptest::num::usize::ANY, proptest::char::any()), 1..5),
+        ) {
+            let t = hs(json!({"sub": "u1", "exp": now() + 600,
+                "caps": [{"channels": ["chat:*"], "match": "wildcard", "allow": ["sub"]}]}), "s3cret");
+            let mut chars: Vec<char> = t.chars().collect();
+            for (i, c) in edits {
+                let i = i % chars.len();
+                chars[i] = c;
+            }
+            let mutated: String = chars.into_iter().collect();
+            match verifier().connection(&mutated) {
+                // Base64 can spell the same bytes twice (unused low bits of
+                // the last character): then the claims are the signed ones.
+                Ok(id) => {
+                    proptest::prop_assert_eq!(id.user, "u1");
+                    proptest::prop_assert!(id.caps.allows(Action::Subscribe, "chat:x"));
+                    proptest::prop_assert!(!id.caps.allows(Action::Publish, "chat:x"));
+                }
+                Err(AuthError::Malformed(_) | AuthError::BadSignature(_) | AuthError::Expired | AuthError::Rejected(_)) => {}
+                Err(e) => proptest::prop_assert!(false, "unexpected error {e:?}"),
+            }
+        }
+    }
 }

@@ -21,6 +21,7 @@ pub mod channel;
 pub mod client;
 pub mod clients;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod outbox;
@@ -91,7 +92,7 @@ pub async fn run(
     let presence = presence::Presence::new(link_tx.clone(), upstream.clone());
     let hub = Hub::new(
         link_tx,
-        Arc::new(upstream.clone()),
+        Arc::new(history::Paged(Arc::new(upstream.clone()))),
         settings.limits.recover_max,
     );
     let (trigger, stop) = shutdown::channel();

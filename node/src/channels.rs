@@ -197,6 +197,51 @@ pub struct HistoryPage {
     pub first_offset: Offset,
 }
 
+impl StoredPublication {
+    /// Roughly its size on the wire: what a page of publications is cut by.
+    pub fn wire_size(&self) -> usize {
+        self.data.len()
+            + self.event_type.len()
+            + self.content_type.len()
+            + self.idempotency_key.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>()
+            + 64
+    }
+}
+
+impl HistoryPage {
+    /// Cut the page to at most `max_bytes` of publications (always keeping
+    /// one), so no answer outgrows what its receiver decodes. `keep_newest`
+    /// keeps the end of the page (a read without a position returns the
+    /// newest publications); otherwise the beginning, so a reader continues
+    /// from the last publication it got.
+    pub fn fit(&mut self, max_bytes: usize, keep_newest: bool) {
+        let sizes = self.publications.iter().map(StoredPublication::wire_size);
+        let count = |sizes: &mut dyn Iterator<Item = usize>| {
+            let mut total = 0usize;
+            sizes
+                .take_while(|s| {
+                    total += s;
+                    total <= max_bytes
+                })
+                .count()
+                .max(1)
+        };
+        if keep_newest {
+            let keep = count(&mut sizes.rev());
+            let drop = self.publications.len().saturating_sub(keep);
+            self.publications.drain(..drop);
+        } else {
+            let keep = count(&mut { sizes });
+            self.publications.truncate(keep);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Remembered {
     offset: Offset,
@@ -438,6 +483,48 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_page_is_cut_by_bytes_and_keeps_at_least_one() {
+        let stored = |offset: u64, size: usize| StoredPublication {
+            offset: Offset(offset),
+            event_type: String::new(),
+            data: Bytes::from(vec![b'x'; size]),
+            content_type: String::new(),
+            idempotency_key: String::new(),
+            headers: BTreeMap::new(),
+            published_at_ms: 0,
+        };
+        let page = |sizes: &[usize]| HistoryPage {
+            publications: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| stored(i as u64 + 1, *s))
+                .collect(),
+            epoch: Epoch::default(),
+            offset: Offset(sizes.len() as u64),
+            in_window: true,
+            first_offset: Offset(1),
+        };
+        let offsets = |p: &HistoryPage| {
+            p.publications
+                .iter()
+                .map(|p| p.offset.0)
+                .collect::<Vec<_>>()
+        };
+        let mut p = page(&[1000, 1000, 1000, 1000]);
+        p.fit(2200, false);
+        assert_eq!(offsets(&p), vec![1, 2]);
+        let mut p = page(&[1000, 1000, 1000, 1000]);
+        p.fit(2200, true);
+        assert_eq!(offsets(&p), vec![3, 4]);
+        let mut p = page(&[5000, 10]);
+        p.fit(100, false);
+        assert_eq!(offsets(&p), vec![1], "one always fits");
+        let mut p = page(&[]);
+        p.fit(100, true);
+        assert!(p.publications.is_empty());
+    }
 
     fn item(channel: &str, key: &str, size: u32) -> NewPublication {
         NewPublication {

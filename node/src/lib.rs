@@ -58,8 +58,9 @@ pub struct Listeners {
     pub http: TcpListener,
 }
 
-/// Largest gRPC message accepted from publishers (a full batch).
-const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest gRPC message accepted from publishers (a full batch) and sent
+/// or received on EdgeLink streams (`herald_proto::limits`).
+const MAX_API_MESSAGE: usize = herald_proto::limits::MAX_MESSAGE_BYTES;
 /// Largest Raft message (snapshots travel in chunks below this).
 const MAX_RAFT_MESSAGE: usize = 256 * 1024 * 1024;
 
@@ -150,7 +151,8 @@ pub async fn run(
         replica.clone(),
         interest,
         stop_rx,
-    ));
+    ))
+    .max_decoding_message_size(MAX_API_MESSAGE);
     let admin = AdminServer::new(grpc::admin::AdminService::new(replica.clone()));
     let me = raft::network::Addressee {
         id: config.id,
@@ -248,7 +250,8 @@ async fn run_fanout(
         node.clone(),
         Some(interest),
         stop_rx,
-    ));
+    ))
+    .max_decoding_message_size(MAX_API_MESSAGE);
     let routes = base_routes()
         .await?
         .add_service(InterceptedService::new(publisher, keys.clone()))

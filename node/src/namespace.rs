@@ -129,7 +129,8 @@ impl Namespace {
     }
 }
 
-fn is_json(content_type: &str) -> bool {
+/// Whether a content type is JSON (`application/json`, `*+json`, or none).
+pub fn is_json(content_type: &str) -> bool {
     content_type.is_empty()
         || content_type.starts_with("application/json")
         || content_type.ends_with("+json")

@@ -262,6 +262,18 @@ impl Replica {
             &idempotency_key,
             headers.len(),
         )?;
+        // Stored compact, so no client frame built from it can be split by
+        // a line break between its tokens (`docs/protocol.md`, Payloads).
+        let data = if crate::namespace::is_json(&content_type)
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok()
+        {
+            match herald_proto::payload::compact_json(&data) {
+                std::borrow::Cow::Borrowed(_) => data,
+                std::borrow::Cow::Owned(c) => bytes::Bytes::from(c),
+            }
+        } else {
+            data
+        };
         Ok(NewPublication {
             channel,
             event_type,
@@ -492,10 +504,17 @@ impl Replica {
             limit
         };
         let ttl_ms = ns.config.history_ttl_secs.saturating_mul(1000);
-        let state = self.state.read().expect("state lock poisoned");
-        Ok(state
-            .channels
-            .history(channel, since, limit as usize, reverse, ttl_ms, now_ms()))
+        let mut page = {
+            let state = self.state.read().expect("state lock poisoned");
+            state
+                .channels
+                .history(channel, since, limit as usize, reverse, ttl_ms, now_ms())
+        };
+        page.fit(
+            herald_proto::limits::PAGE_BYTES,
+            since.is_none() && !reverse,
+        );
+        Ok(page)
     }
 
     /// Run `f` over every channel whose name matches the glob.

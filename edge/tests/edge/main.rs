@@ -10,6 +10,7 @@ mod bad_input;
 mod bad_input_protobuf;
 mod browser;
 mod fanout;
+mod framing;
 mod presence;
 mod protobuf;
 mod sdk_failover;
