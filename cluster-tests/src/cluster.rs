@@ -1,12 +1,18 @@
 //! A local Herald cluster: n `herald-node` processes on loopback, each with
 //! its own data directory under one temporary directory, sharing an API key
-//! and a channel policy file.
+//! and a channel policy file, with the QUIC delivery plane on as deployed
+//! ([`ClusterOptions::quic`]).
 //!
 //! [`Cluster::start_isolated`] instead puts each node in its own network
 //! namespace (see [`crate::network`]), so a test can cut and degrade the
 //! links between nodes; [`ClusterOptions::clock_control`] runs every node
 //! under libfaketime so a test can jump one node's clock (see
 //! [`crate::clock`]).
+//!
+//! Every process log in the cluster's directory (nodes and edges) is
+//! scanned for `panicked`: [`crate::Verdict::conclude`] makes each one a
+//! violation of the scenario, and dropping a cluster whose logs hold one
+//! fails the test even when it ends without a verdict.
 //!
 //! Dropping a [`Cluster`] kills every node; when the drop happens because a
 //! test panicked, the tail of every node's log is printed first (and the
@@ -66,6 +72,14 @@ pub struct ClusterOptions {
     /// Give every node a data directory of its own tmpfs of this many
     /// bytes, so [`Cluster::fill_disk`] can fill it up. Needs root.
     pub small_disks: Option<u64>,
+    /// Run the QUIC delivery plane on every node, as deployed (the Helm
+    /// chart turns it on): `--quic-listen` with a CA and node certificate
+    /// made by `herald certs` in the cluster's directory, so the leader
+    /// pushes publications to its peers and edges get them from both QUIC
+    /// and the local Raft log. On by default; a node whose arguments
+    /// already carry `--quic-listen` (a test bringing its own
+    /// certificates) is left as it is.
+    pub quic: bool,
 }
 
 impl Default for ClusterOptions {
@@ -83,6 +97,7 @@ impl Default for ClusterOptions {
             clock_control: false,
             disk_faults: false,
             small_disks: None,
+            quic: true,
         }
     }
 }
@@ -115,6 +130,53 @@ static GATE: Gate = Gate {
     freed: Condvar::new(),
 };
 
+/// The directory of the cluster holding the [`Slot`], so the verdict of the
+/// scenario running it can scan its logs ([`logged_panics`]).
+static RUNNING: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The marker of a Rust panic in a process's log (`thread '..' panicked at`).
+const PANIC_MARKER: &str = "panicked";
+
+/// Every line holding `panicked` in the `*.log` files directly in `dir`
+/// (one per node and per edge), as `<file>: <line>`.
+pub fn panics_in_logs(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log") && p.is_file())
+        .collect();
+    logs.sort();
+    let mut found = Vec::new();
+    for log in logs {
+        let Ok(bytes) = std::fs::read(&log) else {
+            continue;
+        };
+        let name = log
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            if line.contains(PANIC_MARKER) {
+                found.push(format!("{name}: {}", line.trim()));
+            }
+        }
+    }
+    found
+}
+
+/// The panics logged so far by the processes of the cluster running in this
+/// test process (only one runs at a time), one violation each.
+pub fn logged_panics() -> Vec<String> {
+    let dir = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    dir.map_or_else(Vec::new, |d| {
+        panics_in_logs(&d)
+            .into_iter()
+            .map(|p| format!("a process panicked: {p}"))
+            .collect()
+    })
+}
+
 /// The right to run a cluster, released on drop.
 #[derive(Debug)]
 struct Slot(());
@@ -141,6 +203,8 @@ impl Drop for Slot {
 /// itself).
 const ISOLATED_GRPC_PORT: u16 = 7100;
 const ISOLATED_HTTP_PORT: u16 = 7200;
+/// The QUIC (UDP) port of a node in its own network namespace.
+const ISOLATED_QUIC_PORT: u16 = 7300;
 
 /// `n` distinct free loopback ports. The listeners are held until all are
 /// chosen so the same port is not handed out twice; another process could
@@ -199,6 +263,7 @@ impl Cluster {
         let dir = tempfile::Builder::new()
             .prefix("herald-cluster-")
             .tempdir()?;
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.path().to_path_buf());
         let policy_path = match &opts.policy {
             None => None,
             Some(toml) => {
@@ -296,7 +361,11 @@ impl Cluster {
         if let Some(policy) = &self.policy_path {
             args.extend(["--config".into(), policy.clone().into()]);
         }
+        let brings_quic = extra.iter().any(|a| a == "--quic-listen");
         args.extend(extra);
+        if self.opts.quic && !brings_quic {
+            args.extend(self.quic_args()?);
+        }
         let (program, command) = match &self.net {
             None => (binary.to_path_buf(), Vec::new()),
             Some(net) => net.command_in(id, binary),
@@ -326,6 +395,42 @@ impl Cluster {
         let node = NodeProc::launch(id, launch).with_context(|| format!("spawning node {id}"))?;
         self.nodes.insert(id, node);
         Ok(self.nodes.get_mut(&id).expect("just inserted"))
+    }
+
+    /// The flags turning on the QUIC plane ([`ClusterOptions::quic`]),
+    /// making the cluster's certificates on first use. On loopback each
+    /// node takes a free UDP port and advertises it; in a network namespace
+    /// it listens on its own address's port 7300.
+    fn quic_args(&self) -> anyhow::Result<Vec<OsString>> {
+        let tls = self.dir().join("tls");
+        if !tls.join("ca.pem").exists() {
+            let out = std::process::Command::new(binary::herald_cli())
+                .args(["certs", "--out"])
+                .arg(&tls)
+                .output()
+                .context("running herald certs")?;
+            if !out.status.success() {
+                bail!(
+                    "herald certs failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let listen = match &self.net {
+            None => "127.0.0.1:0".to_string(),
+            Some(_) => format!("0.0.0.0:{ISOLATED_QUIC_PORT}"),
+        };
+        Ok(vec![
+            "--quic-listen".into(),
+            listen.into(),
+            "--tls-ca".into(),
+            tls.join("ca.pem").into(),
+            "--tls-cert".into(),
+            tls.join("node.pem").into(),
+            "--tls-key".into(),
+            tls.join("node-key.pem").into(),
+        ])
     }
 
     /// Start node `id` on fresh ports with an empty data directory, joining
@@ -374,7 +479,8 @@ impl Cluster {
 
     /// Start fan-out node `id` (`--fanout`, outside Raft) on fresh ports,
     /// talking to every running node (`--join`), with the cluster's
-    /// `extra_args` (which must enable QUIC). Returns once the process is
+    /// `extra_args` (QUIC on: [`ClusterOptions::quic`] or QUIC flags in
+    /// `extra_args`). Returns once the process is
     /// started; it is ready (`/readyz`) once registered.
     pub fn add_fanout_node(&mut self, id: u64) -> anyhow::Result<&mut NodeProc> {
         if self.nodes.contains_key(&id) {
@@ -807,6 +913,8 @@ fn brief(all: &BTreeMap<u64, ClusterStatusResponse>) -> Vec<String> {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let panics = panics_in_logs(self.dir());
         if std::thread::panicking() {
             eprintln!(
                 "\n===== herald cluster in {} (test panicked) =====",
@@ -830,5 +938,43 @@ impl Drop for Cluster {
         for node in self.nodes.values_mut() {
             let _ = node.kill();
         }
+        if !panics.is_empty() && !std::thread::panicking() {
+            let dir = self.dir.take().map(TempDir::keep);
+            panic!(
+                "{} panic(s) in the cluster's process logs (kept in {dir:?}):\n{}",
+                panics.len(),
+                panics.join("\n")
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_any_node_or_edge_log_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("node-1.log"),
+            "INFO started\nINFO leader 1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("edge-101.log"),
+            "INFO linked\nthread 'tokio-runtime-worker' panicked at edge/src/hub.rs:1:1:\nboom\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("policy.toml"), "panicked = true\n").unwrap();
+        assert_eq!(
+            panics_in_logs(dir.path()),
+            vec![
+                "edge-101.log: thread 'tokio-runtime-worker' panicked at edge/src/hub.rs:1:1:"
+                    .to_string()
+            ]
+        );
+        std::fs::write(dir.path().join("edge-101.log"), "INFO linked\n").unwrap();
+        assert_eq!(panics_in_logs(dir.path()), Vec::<String>::new());
     }
 }

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Cluster;
+use crate::client::PublishFailure;
 use herald_proto::v1::{HistoryResponse, PublishRequest, PublishResponse};
 
 /// An acknowledged publish as the publisher saw it.
@@ -32,6 +33,9 @@ pub struct Ledger {
     sent: BTreeMap<u64, String>,
     acked: BTreeMap<u64, Ack>,
     failed: BTreeMap<u64, String>,
+    /// Failures the protocol does not call safe to retry (a final answer,
+    /// or a call broken by a node that was still there): never re-sent.
+    final_failures: BTreeSet<u64>,
     /// Acknowledgements flagged `duplicate` (a retry found the original).
     pub duplicates: u64,
 }
@@ -84,6 +88,27 @@ impl Ledger {
     /// Note that publication `id` was never acknowledged.
     pub fn failed(&mut self, id: u64, why: String) {
         self.failed.insert(id, why);
+    }
+
+    /// Note how the publisher gave up on publication `id`: when the outcome
+    /// is unknown ([`PublishFailure::outcome_unknown`]) it may be re-sent
+    /// with its key once faults heal ([`Ledger::retryable`]); otherwise the
+    /// failure is final, and stays a violation.
+    pub fn record_failure(&mut self, id: u64, failure: &PublishFailure) {
+        if !failure.outcome_unknown() {
+            self.final_failures.insert(id);
+        }
+        self.failed(id, failure.to_string());
+    }
+
+    /// Publications never acknowledged whose outcome is unknown, with
+    /// their channels: what a careful publisher re-sends with the same
+    /// idempotency key once the faults healed.
+    pub fn retryable(&self) -> Vec<(u64, String)> {
+        self.unacknowledged()
+            .into_iter()
+            .filter(|(id, _)| !self.final_failures.contains(id))
+            .collect()
     }
 
     /// How many publications were acknowledged.
@@ -477,6 +502,29 @@ mod tests {
         list.iter()
             .map(|(c, o, n)| (c.to_string(), (o.to_string(), n.to_string())))
             .collect()
+    }
+
+    /// The planted bug: a publish refused for good (or broken by a live
+    /// node) would pass if re-sent after healing; it stays a failure.
+    #[test]
+    fn final_failures_are_never_offered_for_a_retry() {
+        use tonic::Status;
+        let mut ledger = Ledger::default();
+        for id in 1..=3 {
+            ledger.sent(id, "c");
+        }
+        let failure = |last: Status, timed_out| PublishFailure {
+            last,
+            attempts: 1,
+            timed_out,
+        };
+        ledger.record_failure(1, &failure(Status::unavailable("no leader"), true));
+        ledger.record_failure(2, &failure(Status::unknown("stream reset"), false));
+        assert_eq!(
+            ledger.retryable(),
+            vec![(1, "c".to_string()), (3, "c".to_string())]
+        );
+        assert_eq!(ledger.failures().0, 2);
     }
 
     #[test]

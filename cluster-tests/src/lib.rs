@@ -23,7 +23,9 @@
 //! (default `info,openraft=warn`); `HERALD_KEEP_TEST_DIRS` keeps a failed
 //! test's data directories and full logs instead of deleting them;
 //! `HERALD_LIBFAKETIME` points at libfaketime when it is not where Debian
-//! puts it.
+//! puts it; `HERALD_TEST_UNSUPPORTED` declares capabilities a kind of
+//! machine lacks on purpose (otherwise a scenario that cannot run fails,
+//! see [`machine`]).
 #![warn(missing_docs)]
 
 pub mod binary;
@@ -34,6 +36,7 @@ pub mod disk;
 pub mod edge;
 pub mod ledger;
 pub mod load;
+pub mod machine;
 pub mod network;
 pub mod process;
 pub mod rng;

@@ -577,8 +577,11 @@ mod tests {
 
     #[test]
     fn partitions_one_way_cuts_and_netem_hold_and_heal() {
-        if let Err(why) = Network::available() {
-            eprintln!("SKIPPED network self-test: {why}");
+        if !crate::machine::require(
+            "network self-test",
+            crate::machine::Capability::Network,
+            Network::available(),
+        ) {
             return;
         }
         let mut net = Network::create().unwrap();

@@ -25,7 +25,7 @@ const WATCH: Duration = Duration::from_secs(8);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_empty_node_never_bootstraps_a_second_cluster() {
-    if !crate::network_or_skip(SCENARIO) {
+    if !crate::network_required(SCENARIO) {
         return;
     }
     let opts = ClusterOptions::default().with_policy(crate::policy("bp", 900));

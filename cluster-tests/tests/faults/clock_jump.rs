@@ -18,7 +18,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_cluster_tests::load::{Load, LoadSpec};
-use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, announce, clock, ledger};
+use herald_cluster_tests::machine::{self, Capability};
+use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, clock, ledger};
 
 use crate::Unacknowledged;
 
@@ -46,8 +47,7 @@ async fn newest_timestamp(cluster: &Cluster, id: u64, channel: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_clock_jump_keeps_history_and_idempotency() {
-    if let Err(why) = clock::libfaketime() {
-        announce(format!("SKIPPED {SCENARIO}: {why}"));
+    if !machine::require(SCENARIO, Capability::Clock, clock::libfaketime().map(drop)) {
         return;
     }
     let opts = ClusterOptions {

@@ -29,7 +29,7 @@ const PROBE_CHANNEL: &str = "il:probe";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_acknowledges_nothing_and_the_majority_moves_on() {
-    if !crate::network_or_skip(SCENARIO) {
+    if !crate::network_required(SCENARIO) {
         return;
     }
     let mut cluster = Cluster::start_isolated(

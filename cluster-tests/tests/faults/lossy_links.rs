@@ -33,7 +33,7 @@ const HEARTBEAT_MS: u64 = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_continues_with_loss_and_delay_on_every_peer_link() {
-    if !crate::network_or_skip(SCENARIO) {
+    if !crate::network_required(SCENARIO) {
         return;
     }
     let opts = ClusterOptions {

@@ -23,10 +23,13 @@
 //! | `restore` | the whole cluster lost after publications acknowledged past a backup copy; the copy restored on one node with `herald-node recover`, the others back with empty disks | 3: every epoch changes, the publications after the backup are on no node, resuming subscribers that saw them are told `recovered: false` |
 //! | `soak` | kill -9, pause, SIGTERM, partitions (both ways, one way) and netem on nodes, kill -9, pause, SIGTERM and cuts on edges, at random from a printed seed | all of the above, mixed |
 //!
-//! Scenarios that need network namespaces (root, `ip`, `iptables`) or
-//! libfaketime print `SKIPPED <scenario>: <reason>` and pass when the
-//! machine lacks them; CI installs what they need. The disk scenarios fail
-//! instead when libfiu (`fiu-utils`) or root (to mount a tmpfs) is missing.
+//! Every scenario runs with the QUIC delivery plane on, as deployed. A
+//! scenario that needs network namespaces (root, `ip`, `iptables`),
+//! libfaketime, libfiu or a high open-files limit fails when the machine
+//! lacks it; `scripts/test` installs what they need. Only a machine kind
+//! declared unsupported (`HERALD_TEST_UNSUPPORTED=network,clock,open-files`)
+//! prints `UNSUPPORTED <scenario>: <reason>` and passes. At the end of
+//! every scenario each node's and edge's log is scanned for `panicked`.
 
 mod bootstrap_partition;
 mod clock_jump;
@@ -49,18 +52,15 @@ use std::time::Duration;
 use herald_cluster_tests::edge::EdgeProc;
 use herald_cluster_tests::ledger::{self, Ledger};
 use herald_cluster_tests::load::{Load, LoadSpec};
+use herald_cluster_tests::machine::{self, Capability};
 use herald_cluster_tests::subscriber::{Event, Record, Tuning};
-use herald_cluster_tests::{Cluster, Network, Subscriber, SubscriberOptions, announce, edge_token};
+use herald_cluster_tests::{Cluster, Network, Subscriber, SubscriberOptions, edge_token};
 
-/// Whether network namespaces are usable here; if not, say so and why.
-fn network_or_skip(scenario: &str) -> bool {
-    match Network::available() {
-        Ok(()) => true,
-        Err(why) => {
-            announce(format!("SKIPPED {scenario}: {why}"));
-            false
-        }
-    }
+/// Whether `scenario` runs: network namespaces are usable here, or the
+/// machine is declared unsupported for them (`HERALD_TEST_UNSUPPORTED`);
+/// otherwise the scenario fails (see [`machine`]).
+fn network_required(scenario: &str) -> bool {
+    machine::require(scenario, Capability::Network, Network::available())
 }
 
 /// A scenario's channel policy: namespace `namespace` keeps 10,000
@@ -96,10 +96,10 @@ fn channels_of(spec: &LoadSpec) -> Vec<String> {
 /// What [`finish_load`] does with publications the load gave up on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unacknowledged {
-    /// Retry each with its key once the faults are healed (for scenarios
-    /// whose faults are expected to outlast a publisher's patience, or that
-    /// send probes meant to fail); only those still unacknowledged then
-    /// are violations.
+    /// Retry each whose outcome is unknown with its key once the faults
+    /// are healed (for scenarios whose faults are expected to outlast a
+    /// publisher's patience, or that send probes meant to fail); final
+    /// failures, and those still unacknowledged then, are violations.
     Retry,
     /// Leave them: each is a violation.
     Fail,
@@ -274,7 +274,7 @@ async fn publish_each(
             .await
         {
             Ok(resp) => ledger.acked(id, &resp),
-            Err(failure) => ledger.failed(id, failure.to_string()),
+            Err(failure) => ledger.record_failure(id, &failure),
         }
     }
     publisher.retries
@@ -289,20 +289,23 @@ async fn linked_node(cluster: &Cluster, edge: &EdgeProc) -> Option<u64> {
         .find(|&id| cluster.node(id).grpc_addr().to_string() == addr)
 }
 
-/// Retry every publication of `ledger` that was never acknowledged, with
-/// its own idempotency key, through any node, until acknowledged (hang
-/// guard `patience` each). Returns the retries made.
+/// Retry every publication of `ledger` whose outcome is unknown (the
+/// publisher ran out of patience on errors the protocol calls safe to
+/// retry; see [`Ledger::retryable`]), with its own idempotency key,
+/// through any node, until acknowledged (hang guard `patience` each).
+/// Final failures are left alone: each stays a violation. Returns the
+/// retries made.
 async fn settle_unacknowledged(cluster: &Cluster, ledger: &mut Ledger, patience: Duration) -> u64 {
     let mut publisher = cluster
         .rotating_publisher(&cluster.ids(), 0)
         .with_attempt_timeout(Duration::from_secs(10));
-    for (id, channel) in ledger.unacknowledged() {
+    for (id, channel) in ledger.retryable() {
         match publisher
             .publish(ledger::request(id, &channel), patience)
             .await
         {
             Ok(resp) => ledger.acked(id, &resp),
-            Err(failure) => ledger.failed(id, failure.to_string()),
+            Err(failure) => ledger.record_failure(id, &failure),
         }
     }
     publisher.retries

@@ -44,7 +44,7 @@ async fn refused(cluster: &Cluster, id: u64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_voter_never_elects_a_leader_without_acknowledged_entries() {
-    if !crate::network_or_skip(SCENARIO) {
+    if !crate::network_required(SCENARIO) {
         return;
     }
     let opts = ClusterOptions::default().with_policy(crate::policy("wv", 900));
