@@ -275,6 +275,30 @@ impl RotatingPublisher {
 /// `/metrics`) over plain HTTP/1.1: the status code and the body. A hang
 /// guard of 10 s applies.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = http_exchange(addr, path).await?;
+    Ok((status, body))
+}
+
+/// The wall-clock time the HTTP server at `addr` states in the `Date`
+/// header of its answer to `GET path` (second resolution): how a test sees
+/// a process's wall clock from outside.
+pub async fn http_date(addr: SocketAddr, path: &str) -> std::io::Result<std::time::SystemTime> {
+    let (_, head, _) = http_exchange(addr, path).await?;
+    let date = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("date")
+                .then(|| value.trim().to_string())
+        })
+        .ok_or_else(|| std::io::Error::other(format!("no Date header from {addr}: {head:?}")))?;
+    httpdate::parse_http_date(&date)
+        .map_err(|e| std::io::Error::other(format!("Date {date:?} from {addr}: {e}")))
+}
+
+/// `GET path`: the status, the head and the (dechunked) body.
+async fn http_exchange(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let exchange = async {
@@ -308,7 +332,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     } else {
         body.to_string()
     };
-    Ok((status, body))
+    Ok((status, head.to_string(), body))
 }
 
 /// Decode a chunked HTTP/1.1 body (enough for the node's small responses).

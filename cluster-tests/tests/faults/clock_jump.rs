@@ -89,8 +89,14 @@ async fn leader_clock_jump_keeps_history_and_idempotency() {
         .await
         .unwrap();
     cluster.set_clock(jumped, "+1h").unwrap();
+    // The fault took effect: the leader's own wall clock (the Date of its
+    // HTTP answers) is an hour ahead, not merely its clock file.
+    let seen_ahead = cluster
+        .wait_clock_offset(jumped, 3600, Duration::from_secs(30))
+        .await
+        .unwrap();
     eprintln!(
-        "leader {jumped}: wall clock +1h after {} acks",
+        "leader {jumped}: wall clock +1h (seen {seen_ahead:+} s) after {} acks",
         load.acked()
     );
     load.wait_acked_more(300, "with the leader an hour ahead")
@@ -145,8 +151,19 @@ async fn leader_clock_jump_keeps_history_and_idempotency() {
     eprintln!("leader now {successor}; node {jumped} back, still an hour ahead");
     load.wait_acked_more(300, "under a true-clock leader").await;
 
+    let still_ahead = cluster
+        .wait_clock_offset(jumped, 3600, Duration::from_secs(30))
+        .await
+        .unwrap();
     cluster.set_clock(jumped, "+0").unwrap();
-    eprintln!("node {jumped}: wall clock back to true time");
+    let seen_back = cluster
+        .wait_clock_offset(jumped, 0, Duration::from_secs(30))
+        .await
+        .unwrap();
+    eprintln!(
+        "node {jumped}: restarted {still_ahead:+} s ahead, wall clock back to true time \
+         (seen {seen_back:+} s)"
+    );
     load.wait_acked_more(200, "after the clock stepped back")
         .await;
 
@@ -156,7 +173,45 @@ async fn leader_clock_jump_keeps_history_and_idempotency() {
     Verdict::new(SCENARIO, &ledger, retries, violations)
         .fact("jumped", format!("{jumped}(+1h)"))
         .fact("ahead_ms", ahead_ms)
+        .fact(
+            "clock_seen_s",
+            format!("{seen_ahead:+}/{still_ahead:+}/{seen_back:+}"),
+        )
         .fact("leaders", format!("{jumped}->{successor}"))
         .fact("retry_after_jump_duplicate", retried.duplicate)
         .conclude();
+}
+
+/// The companion of the check above: a clock fault that does not reach the
+/// node (here, a node not running under libfaketime at all, as with a
+/// broken `LD_PRELOAD`) is caught; one that does is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_fault_that_never_reaches_the_node_is_caught() {
+    if !machine::require(
+        "clock_jump self-test",
+        Capability::Clock,
+        clock::libfaketime().map(drop),
+    ) {
+        return;
+    }
+    let untouched = Cluster::start(1, ClusterOptions::default()).await.unwrap();
+    let caught = untouched
+        .wait_clock_offset(1, 3600, Duration::from_secs(5))
+        .await;
+    assert!(
+        caught.is_err_and(|e| e.to_string().contains("did not take effect")),
+        "a node on the true clock must not pass for one an hour ahead"
+    );
+    drop(untouched);
+    let opts = ClusterOptions {
+        clock_control: true,
+        ..ClusterOptions::default()
+    };
+    let faked = Cluster::start(1, opts).await.unwrap();
+    faked.set_clock(1, "+1h").unwrap();
+    let seen = faked
+        .wait_clock_offset(1, 3600, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!((3540..=3660).contains(&seen), "{seen}");
 }

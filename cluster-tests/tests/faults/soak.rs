@@ -244,6 +244,20 @@ async fn inject(
     }
 }
 
+/// Why `fault`, still in force, cannot be said to have taken effect.
+fn not_in_effect(cluster: &mut Cluster, fault: &Fault) -> Vec<String> {
+    match fault {
+        Fault::Netem(id, _) => cluster.net().netem_problems(*id).0,
+        Fault::Pause(id) if !cluster.node(*id).is_paused() => {
+            vec![format!("node {id} is not paused")]
+        }
+        Fault::Kill(id) | Fault::Terminate(id) if cluster.node_mut(*id).is_running() => {
+            vec![format!("node {id} still runs")]
+        }
+        _ => Vec::new(),
+    }
+}
+
 fn heal(cluster: &mut Cluster, edges: &mut [EdgeProc], fault: &Fault) {
     match fault {
         Fault::Kill(id) | Fault::Terminate(id) => cluster.node_mut(*id).restart().unwrap(),
@@ -368,6 +382,11 @@ async fn random_faults_from_a_seed_under_load() {
         }
         *counts.entry(fault.kind()).or_default() += 1;
         tokio::time::sleep(hold).await;
+        for problem in not_in_effect(&mut cluster, &fault) {
+            violations.push(format!(
+                "step {steps} {fault:?} did not take effect: {problem}"
+            ));
+        }
         heal(&mut cluster, &mut edges, &fault);
         tokio::time::sleep(gap).await;
         let crashed = crashed(&mut cluster, &mut edges);
