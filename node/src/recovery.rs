@@ -99,6 +99,8 @@ pub struct Recovered {
     pub dropped: BTreeSet<u64>,
     /// Every channel's epoch change, as the cluster will apply it.
     pub epochs: Vec<EpochChange>,
+    /// The data dir's new incarnation.
+    pub incarnation: u64,
 }
 
 /// The entries and vote that make `id` a one-node cluster.
@@ -112,18 +114,22 @@ pub struct Plan {
 
 /// Decide what to append: a term above every term seen (in the vote and
 /// the log), a uniform membership of `id` alone (its stored [`NodeInfo`]
-/// copied as is), and an epoch bump seeded by `nonce`.
+/// under the new `incarnation`), and an epoch bump seeded by `nonce`.
 pub fn plan(
     id: u64,
     last_log_id: Option<LogId<u64>>,
     vote: &Vote<u64>,
     membership: &Membership<u64, NodeInfo>,
     nonce: u64,
+    incarnation: u64,
 ) -> Result<Plan, RecoveryError> {
     let last = last_log_id.ok_or(RecoveryError::Empty)?;
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let info = match membership.get_node(&id) {
-        Some(info) if voters.contains(&id) => info.clone(),
+        Some(info) if voters.contains(&id) => NodeInfo {
+            incarnation,
+            ..info.clone()
+        },
         _ => return Err(RecoveryError::NotAVoter { id, voters }),
     };
     let term = vote.leader_id().term.max(last.leader_id.term) + 1;
@@ -216,14 +222,19 @@ pub async fn inspect(data_dir: &Path) -> Result<DataDirState, RecoveryError> {
 pub async fn recover(data_dir: &Path, id: u64, nonce: u64) -> Result<Recovered, RecoveryError> {
     let db = open(data_dir)?;
     let (log, before) = read(db).await?;
+    // A new incarnation (see `LogStore::incarnation`): peers that still
+    // hold the old membership (a destroyed voter started again with its old
+    // data by mistake) cannot reach this node as the member it was.
+    let incarnation = rand::random_range(1..u64::MAX);
     let plan = plan(
         id,
         before.last_log_id,
         &before.vote,
         &before.membership,
         nonce,
+        incarnation,
     )?;
-    log.append_with_vote(&plan.entries, &plan.vote)
+    log.append_with_vote(&plan.entries, &plan.vote, incarnation)
         .map_err(store_error)?;
     let mut channels = before.channels.clone();
     let epochs = channels.bump_epochs(nonce);
@@ -234,6 +245,7 @@ pub async fn recover(data_dir: &Path, id: u64, nonce: u64) -> Result<Recovered, 
         .filter(|n| *n != id)
         .collect();
     Ok(Recovered {
+        incarnation,
         entries_kept: log.len() - plan.entries.len() as u64,
         appended: plan.entries.iter().map(|e| e.log_id).collect(),
         vote: plan.vote,
@@ -287,6 +299,7 @@ impl std::fmt::Display for Recovered {
             self.vote.leader_id().voted_for().unwrap_or(0)
         )?;
         writeln!(f, "dropped_members {:?}", self.dropped)?;
+        writeln!(f, "incarnation {}", self.incarnation)?;
         for c in &self.epochs {
             writeln!(
                 f,
@@ -322,7 +335,7 @@ mod tests {
         let last = LogId::new(CommittedLeaderId::new(4, 1), 120);
         // A vote for a newer term than the log's (an election was under way).
         let vote = Vote::new(6, 3);
-        let p = plan(2, Some(last), &vote, &members(&[1, 2, 3]), 9).unwrap();
+        let p = plan(2, Some(last), &vote, &members(&[1, 2, 3]), 9, 77).unwrap();
         assert_eq!(p.vote, Vote::new_committed(7, 2));
         assert_eq!(
             p.entries[0].log_id,
@@ -336,7 +349,11 @@ mod tests {
             panic!("first entry is not a membership: {:?}", p.entries[0]);
         };
         assert_eq!(m.voter_ids().collect::<Vec<_>>(), vec![2]);
-        assert_eq!(m.get_node(&2), members(&[2]).get_node(&2));
+        let expected = NodeInfo {
+            incarnation: 77,
+            ..members(&[2]).get_node(&2).cloned().unwrap()
+        };
+        assert_eq!(m.get_node(&2), Some(&expected));
         assert_eq!(
             p.entries[1].payload,
             EntryPayload::Normal(Command::BumpEpochs { nonce: 9 })
@@ -347,12 +364,12 @@ mod tests {
     fn plan_refuses_an_empty_log_and_a_non_voter() {
         let vote = Vote::default();
         assert!(matches!(
-            plan(1, None, &vote, &members(&[1]), 0),
+            plan(1, None, &vote, &members(&[1]), 0, 77),
             Err(RecoveryError::Empty)
         ));
         let last = Some(LogId::new(CommittedLeaderId::new(1, 1), 3));
         assert!(matches!(
-            plan(4, last, &vote, &members(&[1, 2, 3]), 0),
+            plan(4, last, &vote, &members(&[1, 2, 3]), 0, 77),
             Err(RecoveryError::NotAVoter { id: 4, .. })
         ));
     }
@@ -398,7 +415,7 @@ mod tests {
                 payload: EntryPayload::Normal(publish("a")),
             },
         ];
-        log.append_with_vote(&entries, &Vote::new_committed(3, 1))
+        log.append_with_vote(&entries, &Vote::new_committed(3, 1), 5)
             .unwrap();
         assert!(matches!(
             recover(dir.path(), 2, 7).await,
@@ -421,6 +438,9 @@ mod tests {
         assert_eq!(after.last_log_id, Some(LogId::new(term, 5)));
         assert_eq!(after.vote, Vote::new_committed(4, 2));
         assert_eq!(after.membership.voter_ids().collect::<Vec<_>>(), vec![2]);
+        let own = after.membership.get_node(&2).unwrap().incarnation;
+        assert_eq!(own, r.incarnation);
+        assert_ne!(own, 0);
         let a = after.channels.get("a").unwrap();
         assert_eq!(a.epoch, r.epochs[0].new);
         assert_eq!(a.last_offset.0, 2);

@@ -168,22 +168,29 @@ impl LogStore {
     /// transaction, outside Raft: how `herald-node recover` hands a lone
     /// survivor a new membership and term (`crate::recovery`). Never used
     /// while Raft runs on this store.
+    /// The data directory also takes `incarnation` as its own: the
+    /// recovered node is a new member, so a peer still holding the old
+    /// membership cannot address it as the member it was.
     pub fn append_with_vote(
         &self,
         entries: &[Entry<TypeConfig>],
         vote: &Vote<u64>,
+        incarnation: u64,
     ) -> Result<(), StorageError> {
         let encoded: Vec<(u64, Vec<u8>)> = entries
             .iter()
             .map(|e| (e.log_id.index, encode(e)))
             .collect();
         let vote = encode(vote);
+        let incarnation = encode(&incarnation);
         self.write(Durability::Immediate, |tx| {
             let mut log = tx.open_table(LOG)?;
             for (index, bytes) in &encoded {
                 log.insert(*index, bytes.as_slice())?;
             }
-            tx.open_table(META)?.insert(VOTE, vote.as_slice())?;
+            let mut meta = tx.open_table(META)?;
+            meta.insert(VOTE, vote.as_slice())?;
+            meta.insert(INCARNATION, incarnation.as_slice())?;
             Ok(())
         })
     }
