@@ -72,6 +72,9 @@ impl Epoch {
 /// recover for nothing, at a few bytes per bucket in every snapshot.
 const LIFE_BUCKETS: u64 = 4096;
 
+/// The key of [`ChannelTable::lives`] counting bumps (no bucket uses it).
+const BUMPS: u16 = u16::MAX;
+
 fn bucket(channel: &str) -> u16 {
     (fnv(&[channel.as_bytes()]) % LIFE_BUCKETS) as u16
 }
@@ -337,7 +340,8 @@ pub struct ChannelTable {
     /// carry the leader's clock, which may run behind a previous leader's;
     /// history time never goes backwards.
     clock_ms: i64,
-    /// Forgets per bucket of channel names (absent: none).
+    /// Forgets per bucket of channel names (absent: none), and bumps under
+    /// [`BUMPS`].
     lives: BTreeMap<u16, u64>,
     /// Mixed into every epoch: set by the first proposal, changed by every
     /// bump.
@@ -443,6 +447,7 @@ impl ChannelTable {
     /// something instead of being silently rewound.
     pub fn bump_epochs(&mut self, nonce: u64) -> Vec<EpochChange> {
         self.salt = fnv(&[&self.salt.to_le_bytes(), &nonce.to_le_bytes()]).max(1);
+        *self.lives.entry(BUMPS).or_default() += 1;
         let mut changes = Vec::with_capacity(self.channels.len());
         for (name, channel) in &mut self.channels {
             let life = self.lives.get(&bucket(name)).copied().unwrap_or(0);
@@ -475,8 +480,21 @@ impl ChannelTable {
         if let Some(c) = self.channels.get(channel) {
             return c.epoch.clone();
         }
+        if self.salt == 0 {
+            // Nothing was ever published in this cluster: the next epoch is
+            // not known yet (the first proposal salts it).
+            return Epoch::default();
+        }
         let life = self.lives.get(&bucket(channel)).copied().unwrap_or(0);
         Epoch::of_life(self.salt, channel, life)
+    }
+
+    /// Whether the channel's current life is the first in this cluster's
+    /// history and was never bumped: only then is offset 0 of no epoch
+    /// (the position of a reader that saw the cluster before anything was
+    /// published) continuous with it.
+    fn first_life_everywhere(&self) -> bool {
+        self.lives.is_empty()
     }
 
     /// Apply a committed [`Sweep`]: in every namespace with a TTL, drop the
@@ -582,7 +600,10 @@ impl ChannelTable {
             // channel empty, and no life began and was forgotten since) has
             // missed nothing.
             let next = self.next_epoch(channel);
-            let in_window = since.is_none_or(|s| s.offset.0 == 0 && s.epoch == next);
+            let in_window = since.is_none_or(|s| {
+                s.offset.0 == 0
+                    && (s.epoch == next || (s.epoch.0.is_empty() && self.first_life_everywhere()))
+            });
             return HistoryPage {
                 publications: vec![],
                 epoch: next,
@@ -604,10 +625,20 @@ impl ChannelTable {
         let first_offset = live.first().map_or(Offset(0), |p| p.offset);
         let (in_window, after) = match since {
             None => (true, Offset(0)),
-            // Another epoch, including offset 0 of no epoch (what versions
-            // before sweeps answered for an empty channel): since then the
-            // channel may have lived and been forgotten.
-            Some(s) if s.epoch != ch.epoch => (false, Offset(0)),
+            // Offset 0 of no epoch: the reader saw the cluster before
+            // anything was published (or a version without sweeps saw the
+            // channel empty). Continuous only while no channel was ever
+            // forgotten or bumped, so this life is surely the first.
+            // Any other epoch: since then the channel may have lived and
+            // been forgotten, or been reset.
+            Some(s)
+                if s.epoch != ch.epoch
+                    && !(s.epoch.0.is_empty()
+                        && s.offset.0 == 0
+                        && self.first_life_everywhere()) =>
+            {
+                (false, Offset(0))
+            }
             Some(s) if s.offset > ch.last_offset => (false, Offset(0)),
             Some(s) => {
                 // Continuous if the next offset the reader needs is retained,
@@ -1032,7 +1063,9 @@ mod tests {
             assert!(!page.in_window, "{since:?} recovered across a reset");
             assert!(page.publications.is_empty());
         }
-        // What versions before sweeps answered for an empty channel.
+        // Offset 0 of no epoch (a reader that saw the cluster before its
+        // first publication, or a version without sweeps): continuous only
+        // while nothing was ever forgotten or bumped.
         let legacy = Since {
             offset: Offset(0),
             epoch: Epoch::default(),
@@ -1041,6 +1074,12 @@ mod tests {
             !t.history("brief:a", Some(&legacy), 10, false, 0, 0)
                 .in_window
         );
+        let mut fresh = ChannelTable::default();
+        assert_eq!(fresh.next_epoch("a"), Epoch::default());
+        fresh.apply(&proposal(0, vec![item("a", "", 10)]));
+        assert!(fresh.history("a", Some(&legacy), 10, false, 0, 0).in_window);
+        fresh.bump_epochs(1);
+        assert!(!fresh.history("a", Some(&legacy), 10, false, 0, 0).in_window);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! touches the state except through Raft, and a sweep is proposed only when
 //! one would reclaim something, so an idle cluster writes nothing.
 //!
-//! Every node (leader or not) also publishes the size of what it holds:
-//! `herald_channels` and `herald_history_publications`.
+//! Every node (leader or not) also publishes how many publications it
+//! retains (`herald_history_publications`; `herald_channels` comes with the
+//! Raft gauges).
 //!
 //! [`ChannelTable::sweep`]: crate::channels::ChannelTable::sweep
 
@@ -19,7 +20,7 @@ use crate::raft::Command;
 use crate::raft::state_machine::StateMachine;
 use crate::replica::Replica;
 
-/// How often the size gauges are refreshed when sweeping is off.
+/// How often the retained-publications gauge is refreshed when sweeping is off.
 const GAUGES_WITHOUT_SWEEP: Duration = Duration::from_secs(10);
 
 /// Run until the runtime stops: every `every` (zero: never sweep), refresh
@@ -64,11 +65,10 @@ pub async fn run(replica: Arc<Replica>, sm: StateMachine, namespaces: Namespaces
 }
 
 fn gauges(sm: &StateMachine) {
-    let (channels, retained) = {
+    let retained = {
         let state = sm.state();
         let s = state.read().expect("state lock poisoned");
-        (s.channels.len(), s.channels.retained())
+        s.channels.retained()
     };
-    metrics::gauge!("herald_channels").set(channels as f64);
     metrics::gauge!("herald_history_publications").set(retained as f64);
 }
