@@ -148,6 +148,12 @@ pub struct NodeArgs {
     #[arg(long, env = "HERALD_INTEREST_LINGER_MS", default_value_t = 1000)]
     pub interest_linger_ms: u64,
 
+    /// How often the leader looks for state to reclaim (publications past
+    /// their namespace's `history_ttl_secs`, channels with nothing left)
+    /// and, if there is any, commits a sweep; 0 never sweeps.
+    #[arg(long, env = "HERALD_SWEEP_INTERVAL_MS", default_value_t = 60_000)]
+    pub sweep_interval_ms: u64,
+
     /// Log level filter (`RUST_LOG` syntax).
     #[arg(long, env = "HERALD_LOG", default_value = "info,openraft=warn")]
     pub log: String,
@@ -226,6 +232,8 @@ pub struct NodeConfig {
     pub quic: Option<QuicConfig>,
     /// Linger of channel interest after the last local subscriber left.
     pub interest_linger: Duration,
+    /// Cadence of the leader's sweep; zero: never.
+    pub sweep_interval: Duration,
 }
 
 /// Settings of the QUIC delivery plane.
@@ -433,6 +441,7 @@ impl NodeArgs {
             namespaces,
             quic,
             interest_linger: Duration::from_millis(self.interest_linger_ms),
+            sweep_interval: Duration::from_millis(self.sweep_interval_ms),
         })
     }
 }

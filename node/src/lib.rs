@@ -23,6 +23,7 @@ pub mod recovery;
 pub mod rejection;
 pub mod replica;
 mod startup;
+pub mod sweeper;
 pub mod telemetry;
 
 use std::future::Future;
@@ -179,11 +180,18 @@ pub async fn run(
         replica.clone(),
         outbound,
     ));
+    let sweeper = tokio::spawn(sweeper::run(
+        replica.clone(),
+        sm.clone(),
+        config.namespaces.clone(),
+        config.sweep_interval,
+    ));
     tracing::info!(id = config.id, grpc = %config.grpc_listen, http = %config.http_listen, "node started");
 
     shutdown.await;
     tracing::info!("shutting down");
     membership_task.abort();
+    sweeper.abort();
     replica.step_down(Duration::from_secs(5)).await;
     serving.stop().await;
     if let Some(p) = plane {

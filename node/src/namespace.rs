@@ -215,6 +215,21 @@ impl Namespaces {
         })
     }
 
+    /// History TTL in ms of every namespace that has one: what a sweep
+    /// reclaims by.
+    pub fn ttls_ms(&self) -> BTreeMap<String, u64> {
+        self.by_name
+            .iter()
+            .filter(|(_, ns)| ns.config.history_ttl_secs > 0)
+            .map(|(name, ns)| {
+                (
+                    name.clone(),
+                    ns.config.history_ttl_secs.saturating_mul(1000),
+                )
+            })
+            .collect()
+    }
+
     /// The namespace a channel belongs to, after checking the channel name.
     pub fn resolve(&self, channel: &str) -> Result<&Namespace, Rejection> {
         check_channel_name(channel, self.limits.max_channel_len)?;

@@ -90,6 +90,22 @@ fn describe() {
     );
     describe_gauge!("herald_channels", "Channels in the state machine");
     describe_gauge!(
+        "herald_history_publications",
+        "Publications retained in every channel's history"
+    );
+    describe_counter!(
+        "herald_sweeps_total",
+        "Sweeps this node committed as leader"
+    );
+    describe_counter!(
+        "herald_swept_channels_total",
+        "Channels forgotten by sweeps (nothing left past their TTL)"
+    );
+    describe_counter!(
+        "herald_swept_publications_total",
+        "Publications dropped by sweeps (older than their namespace's TTL)"
+    );
+    describe_gauge!(
         "herald_peer_registered",
         "1 once this node's QUIC address is in the replicated registry"
     );

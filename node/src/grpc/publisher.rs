@@ -348,16 +348,18 @@ impl Publisher for PublisherService {
     ) -> Result<Response<ChannelInfoResponse>, Status> {
         let name = req.into_inner().channel;
         let ns = self.replica.namespaces.resolve(&name)?;
-        // A valid channel that was never published to exists implicitly, at
-        // offset 0 of no epoch yet, with its namespace's settings.
-        let channel = self
-            .replica
-            .channel(&name, |c| summary(&name, &ns.name, c))
-            .unwrap_or_else(|| ChannelSummary {
+        // A valid channel that holds no state (never published to, or
+        // forgotten by a sweep) exists implicitly, at offset 0 of the epoch
+        // its next life will have, with its namespace's settings.
+        let channel = match self.replica.channel(&name, |c| summary(&name, &ns.name, c)) {
+            Some(c) => c,
+            None => ChannelSummary {
                 channel: name.clone(),
                 namespace: ns.name.clone(),
+                epoch: self.replica.history(&name, None, 1, false)?.epoch.0,
                 ..Default::default()
-            });
+            },
+        };
         Ok(Response::new(info(ns, channel)))
     }
 

@@ -82,6 +82,10 @@ pub enum Command {
         /// Seeds the new epochs.
         nonce: u64,
     },
+    /// Reclaim state: drop expired publications and forget channels with
+    /// nothing left ([`crate::channels::ChannelTable::sweep`]); proposed by
+    /// the leader when there is something to reclaim.
+    Sweep(crate::channels::Sweep),
 }
 
 /// What applying a command produced.
