@@ -19,9 +19,7 @@ use crate::channel::ChannelName;
 use crate::clients::Registration;
 use crate::hub::SubscriberId;
 use crate::outbox::{Item, Outbox};
-use crate::protocol::codes::{
-    ClientError, Disconnect, UNSUBSCRIBE_EXPIRED, UNSUBSCRIBE_SERVER,
-};
+use crate::protocol::codes::{ClientError, Disconnect, UNSUBSCRIBE_EXPIRED, UNSUBSCRIBE_SERVER};
 use crate::protocol::format::{Format, ReplyBody};
 
 /// How long after a token's `exp` the edge waits for its refresh before

@@ -113,26 +113,27 @@ async fn a_command_flood_is_throttled_while_other_clients_keep_receiving() {
         }
         sent
     });
+    // Replies counted as they come: (answered, throttled with 111, close
+    // code).
+    let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64, None::<u16>)));
+    let seen = counts.clone();
     let reader = tokio::spawn(async move {
-        let (mut answered, mut throttled, mut closed) = (0u64, 0u64, None);
         while let Some(Ok(msg)) = stream.next().await {
+            let mut c = seen.lock().expect("counts");
             if let Message::Close(frame) = &msg {
-                closed = frame.as_ref().map(|f| u16::from(f.code));
+                c.2 = frame.as_ref().map(|f| u16::from(f.code));
                 break;
             }
             for r in replies(&msg) {
                 match r["error"]["code"].as_u64() {
-                    Some(111) => throttled += 1,
+                    Some(111) => c.1 += 1,
                     // 108: presence is off for `chat:`, learnt upstream.
-                    Some(_) => answered += 1,
-                    None if r.get("history").is_some() || r.get("presence").is_some() => {
-                        answered += 1
-                    }
+                    Some(_) => c.0 += 1,
+                    None if r.get("history").is_some() || r.get("presence").is_some() => c.0 += 1,
                     None => {}
                 }
             }
         }
-        (answered, throttled, closed)
     });
 
     // While the flood runs, the calm client receives every publication of
@@ -153,11 +154,10 @@ async fn a_command_flood_is_throttled_while_other_clients_keep_receiving() {
     stop_tx.send(true).expect("stop the flood");
     let sent = writer.await.expect("writer");
     let elapsed = started.elapsed().as_secs_f64();
-    let (answered, throttled, closed) =
-        tokio::time::timeout(Duration::from_secs(30), reader)
-            .await
-            .unwrap_or_else(|_| panic!("flooder's replies never ended"))
-            .expect("reader");
+    // Let the replies to the last messages arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    reader.abort();
+    let (answered, throttled, closed) = *counts.lock().expect("counts");
     assert!(sent >= 1000, "flood sent {sent} commands");
     assert!(throttled > 0, "no 111 among {answered} answers");
     // Carried out at most: the burst, plus the rate over the flood's time.
@@ -205,16 +205,14 @@ async fn a_refresh_to_narrower_capabilities_unsubscribes_what_it_no_longer_allow
     for channel in [revoked, granted, kept] {
         publish(&mut publisher, channel, 1).await;
     }
-    script
-        .expect(Duration::from_secs(30), |v| {
-            v["event"] == "pub" && v["channel"] == kept
-        })
-        .await;
-    script
-        .expect(Duration::from_secs(30), |v| {
-            v["event"] == "pub" && v["channel"] == granted
-        })
-        .await;
+    let mut delivered = std::collections::HashSet::new();
+    while delivered.len() < 2 {
+        let v = script
+            .expect(Duration::from_secs(30), |v| v["event"] == "pub")
+            .await;
+        delivered.insert(v["channel"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(!delivered.contains(revoked), "{delivered:?}");
     let summary = script.summary().await;
     assert_eq!(summary["refreshes"], 1, "{summary}");
     assert_eq!(summary["received"][revoked], json!([]), "{summary}");
