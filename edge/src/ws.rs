@@ -58,7 +58,7 @@ pub enum OriginTrust {
 impl OriginTrust {
     /// The token cookie's name when the request may be authenticated by
     /// it.
-    pub fn cookie<'a>(self, name: &'a str) -> Option<&'a str> {
+    pub fn cookie(self, name: &str) -> Option<&str> {
         (self != OriginTrust::Foreign).then_some(name)
     }
 }

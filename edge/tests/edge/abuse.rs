@@ -312,3 +312,44 @@ async fn cookie_tokens_are_refused_from_foreign_origins() {
         "{head}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_and_oversized_channel_lists_are_cut_short() {
+    let cluster = cluster().await;
+    let edge = EdgeProc::start(&cluster, &["--header-read-timeout-secs", "1"]).await;
+    let addr = edge
+        .sse_url
+        .strip_prefix("http://")
+        .and_then(|r| r.split('/').next())
+        .expect("sse url")
+        .to_string();
+
+    // A request head trickled and never finished: the edge closes the
+    // socket (hang guard 30 s, far above the 1 s timeout).
+    let mut tcp = TcpStream::connect(&addr).await.expect("connect");
+    tcp.write_all(b"GET /connection/sse?channel=chat:x HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a half-sent request head is never cut off");
+
+    // More `channel` parameters than one connection may have: 400, 106.
+    let many: Vec<String> = (0..5000).map(|i| format!("channel=c{}", i % 200)).collect();
+    let (status, head) = sse_head(
+        &edge,
+        &format!("{}&token={}", many.join("&"), token("u")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400, "{head}");
+    assert!(head.contains("\"code\":106"), "{head}");
+}
