@@ -61,14 +61,32 @@ pub(crate) fn generate(dir: &Path) -> anyhow::Result<CertSet> {
         key: dir.join("node-key.pem"),
     };
     write(&set.ca, &ca_cert.pem())?;
-    write(&dir.join("ca-key.pem"), &issuer.key().serialize_pem())?;
+    write_key(&dir.join("ca-key.pem"), &issuer.key().serialize_pem())?;
     write(&set.cert, &node_cert.pem())?;
-    write(&set.key, &node_key.serialize_pem())?;
+    write_key(&set.key, &node_key.serialize_pem())?;
     Ok(set)
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A private key is readable by its owner only (0600), whatever the umask,
+/// also when it replaces an older file.
+fn write_key(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let context = || format!("writing {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(context)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(context)?;
+    file.write_all(text.as_bytes()).with_context(context)
 }
 
 #[cfg(test)]
@@ -82,6 +100,21 @@ mod tests {
         for p in [&set.ca, &set.cert, &set.key] {
             let text = std::fs::read_to_string(p).unwrap();
             assert!(text.starts_with("-----BEGIN"), "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn private_keys_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // An older, world-readable key is tightened when replaced.
+        let old = dir.path().join("node-key.pem");
+        std::fs::write(&old, "old").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let set = generate(dir.path()).unwrap();
+        for key in [set.key, dir.path().join("ca-key.pem")] {
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
         }
     }
 }

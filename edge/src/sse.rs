@@ -88,10 +88,7 @@ fn identity(edge: &Edge, token: Option<String>) -> Result<Identity, Refusal> {
             return Ok(Identity {
                 user: String::new(),
                 expires_at: None,
-                caps: crate::auth::Capabilities::wildcard(
-                    &edge.settings.anonymous_channels,
-                    &[Action::Subscribe, Action::History],
-                ),
+                caps: crate::client::anonymous_caps(&edge.settings),
             });
         }
         metrics::counter!("herald_edge_auth_failures_total", "reason" => "missing").increment(1);
@@ -120,20 +117,38 @@ pub async fn stream(
     Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = crate::ws::admit(&edge, &headers) {
-        return r.into_response();
-    }
+    let trust = match crate::ws::admit(&edge, &headers) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
     let query_token = params
         .iter()
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.as_str());
-    let token = token_from_request(query_token, &headers, &edge.settings.token_cookie);
+    let token = token_from_request(
+        query_token,
+        &headers,
+        trust.cookie(&edge.settings.token_cookie),
+    );
     let identity = match identity(&edge, token) {
         Ok(i) => i,
         Err(r) => return r.into_response(),
     };
+    // The limit is checked on the raw list, before any work per entry, and
+    // duplicates are dropped in linear time: a URL with thousands of
+    // `channel` parameters costs one count.
+    let max = edge.settings.limits.max_channels_per_connection;
+    let named = params.iter().filter(|(k, _)| k == "channel");
+    if named.clone().count() > max {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            &ClientError::LIMIT_EXCEEDED.with_message(format!("more than {max} channels")),
+        )
+        .into_response();
+    }
     let mut channels = Vec::new();
-    for (_, c) in params.iter().filter(|(k, _)| k == "channel") {
+    let mut seen = std::collections::HashSet::new();
+    for (_, c) in named {
         let Ok(ch) = ChannelName::new(c) else {
             return refuse(StatusCode::BAD_REQUEST, &ClientError::UNKNOWN_CHANNEL).into_response();
         };
@@ -142,11 +157,11 @@ pub async fn stream(
                 .increment(1);
             return refuse(StatusCode::FORBIDDEN, &ClientError::PERMISSION_DENIED).into_response();
         }
-        if !channels.contains(&ch) {
+        if seen.insert(ch.clone()) {
             channels.push(ch);
         }
     }
-    if channels.is_empty() || channels.len() > edge.settings.limits.max_channels_per_connection {
+    if channels.is_empty() {
         return refuse(
             StatusCode::BAD_REQUEST,
             &ClientError::BAD_REQUEST.with_message("give 1..max channel parameters"),
@@ -233,16 +248,25 @@ pub async fn stream(
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     // A browser hands a page on another origin (the app at app.example.com,
     // the edge at rt.example.com) the stream only if the response names
-    // that origin. `admit` has already checked it against the allow-list;
-    // credentials let `new EventSource(url, {withCredentials: true})` send
-    // the token cookie.
+    // that origin. A trusted origin (same host or listed) gets its name
+    // back with credentials, so `new EventSource(url, {withCredentials:
+    // true})` sends the token cookie. One admitted only by `*` gets `*`
+    // without credentials: it can read a stream it authenticated with a
+    // query token, and its cookies were not read (crate::ws::OriginTrust).
     if let Some(origin) = headers.get(header::ORIGIN) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
         h.insert(header::VARY, HeaderValue::from_static("origin"));
+        if trust == crate::ws::OriginTrust::Foreign {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        } else {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
     }
     resp
 }

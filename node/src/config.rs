@@ -94,7 +94,12 @@ pub struct NodeArgs {
     /// API keys accepted in `authorization: apikey <key>` metadata
     /// (comma-separated in the environment). The first one is also used by
     /// this node when it calls other nodes.
-    #[arg(long = "api-key", env = "HERALD_API_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "api-key",
+        env = "HERALD_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
 
     /// File with one API key per line (blank lines and `#` comments ignored),
@@ -490,6 +495,17 @@ mod tests {
 
     fn field(args: &[&str]) -> String {
         parse(args).unwrap_err().field
+    }
+
+    #[test]
+    fn help_never_prints_api_keys_from_the_environment() {
+        use clap::CommandFactory;
+        let cmd = NodeArgs::command();
+        let keys = cmd
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == "HERALD_API_KEYS"))
+            .expect("--api-key reads HERALD_API_KEYS");
+        assert!(keys.is_hide_env_values_set());
     }
 
     #[test]

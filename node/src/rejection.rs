@@ -68,6 +68,22 @@ pub enum Rejection {
         /// The limit.
         max: usize,
     },
+    /// A header name or value is too long.
+    #[error("header `{name}`: name longer than {max_name} or value longer than {max_value} bytes")]
+    HeaderTooLong {
+        /// The header's name (cut to the limit).
+        name: String,
+        /// Longest name.
+        max_name: usize,
+        /// Longest value.
+        max_value: usize,
+    },
+    /// The content type is too long.
+    #[error("content type is longer than {max} bytes")]
+    ContentTypeTooLong {
+        /// The limit.
+        max: usize,
+    },
     /// The event type is too long.
     #[error("event type is longer than {max} bytes")]
     EventTypeTooLong {
@@ -143,6 +159,8 @@ impl Rejection {
             Self::IdempotencyKeyTooLong { .. } => "IDEMPOTENCY_KEY_TOO_LONG",
             Self::TooManyHeaders { .. } => "TOO_MANY_HEADERS",
             Self::EventTypeTooLong { .. } => "EVENT_TYPE_TOO_LONG",
+            Self::HeaderTooLong { .. } => "HEADER_TOO_LONG",
+            Self::ContentTypeTooLong { .. } => "CONTENT_TYPE_TOO_LONG",
             Self::SchemaViolation { .. } => "SCHEMA_VIOLATION",
             Self::BatchItem { inner, .. } => inner.reason(),
             Self::NoLeader => "NO_LEADER",
@@ -186,7 +204,8 @@ impl Rejection {
             Self::UnknownNamespace { namespace } => vec![("namespace".into(), namespace.clone())],
             Self::PayloadTooLarge { max, .. }
             | Self::ChannelTooLong { max, .. }
-            | Self::BatchTooLarge { max, .. } => {
+            | Self::BatchTooLarge { max, .. }
+            | Self::ContentTypeTooLong { max } => {
                 vec![("max".into(), max.to_string())]
             }
             _ => vec![],

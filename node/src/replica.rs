@@ -260,7 +260,7 @@ impl Replica {
             &content_type,
             &data,
             &idempotency_key,
-            headers.len(),
+            &headers,
         )?;
         // Stored compact, so no client frame built from it can be split by
         // a line break between its tokens (`docs/protocol.md`, Payloads).

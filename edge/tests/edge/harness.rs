@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// HS256 secret every test edge accepts.
-pub(crate) const SECRET: &str = "edge-test-secret";
+pub(crate) const SECRET: &str = "edge-test-secret-of-at-least-32-bytes";
 
 /// Channel policy of the test clusters: long histories, client publish on
 /// `chat:`.

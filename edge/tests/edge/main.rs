@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod abuse;
 mod auth;
 mod bad_input;
 mod bad_input_protobuf;
