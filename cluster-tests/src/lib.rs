@@ -29,6 +29,7 @@ pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod edge;
+pub mod lazyfs;
 pub mod ledger;
 pub mod load;
 pub mod network;
