@@ -6,7 +6,9 @@
 //! namespace (see [`crate::network`]), so a test can cut and degrade the
 //! links between nodes; [`ClusterOptions::clock_control`] runs every node
 //! under libfaketime so a test can jump one node's clock (see
-//! [`crate::clock`]).
+//! [`crate::clock`]); [`ClusterOptions::lazy_disks`] puts every node's
+//! data directory on a disk that [`Cluster::power_cut`] can cut the power
+//! of (see [`crate::lazyfs`]).
 //!
 //! Dropping a [`Cluster`] kills every node; when the drop happens because a
 //! test panicked, the tail of every node's log is printed first (and the
@@ -30,6 +32,7 @@ use tonic::Status;
 use crate::binary;
 use crate::client::{self, Admin, Publisher, RotatingPublisher};
 use crate::clock;
+use crate::lazyfs::{Discarded, LazyMount};
 use crate::network::Network;
 use crate::process::{NodeLaunch, NodeProc};
 
@@ -58,6 +61,10 @@ pub struct ClusterOptions {
     /// (monotonic time is left alone, as an NTP step would). Needs
     /// [`clock::libfaketime`].
     pub clock_control: bool,
+    /// Put every node's data directory on its own [`LazyMount`], a disk
+    /// that loses every write not yet fsynced when [`Cluster::power_cut`]
+    /// cuts the power. Needs [`LazyMount::available`].
+    pub lazy_disks: bool,
 }
 
 impl Default for ClusterOptions {
@@ -73,6 +80,7 @@ impl Default for ClusterOptions {
                 .unwrap_or_else(|_| "info,openraft=warn".to_string()),
             extra_args: Vec::new(),
             clock_control: false,
+            lazy_disks: false,
         }
     }
 }
@@ -149,7 +157,9 @@ pub struct Cluster {
     opts: ClusterOptions,
     policy_path: Option<PathBuf>,
     // Field order matters for Drop: processes die (in `drop`) before their
-    // network and directory are removed, and the slot is released last.
+    // disks are unmounted and their network and directory removed, and the
+    // slot is released last.
+    disks: BTreeMap<u64, LazyMount>,
     net: Option<Network>,
     dir: Option<TempDir>,
     _slot: Slot,
@@ -228,6 +238,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             opts,
             policy_path,
+            disks: BTreeMap::new(),
             net,
             dir: Some(dir),
             _slot: slot,
@@ -255,6 +266,14 @@ impl Cluster {
     ) -> anyhow::Result<&mut NodeProc> {
         let data_dir = self.dir().join(format!("node-{id}"));
         std::fs::create_dir_all(&data_dir)?;
+        if self.opts.lazy_disks && !self.disks.contains_key(&id) {
+            // What survives power cuts lives in `node-<id>.disk`.
+            let backing = self.dir().join(format!("node-{id}.disk"));
+            std::fs::create_dir_all(&backing)?;
+            let disk = LazyMount::mount(&backing, &data_dir)
+                .with_context(|| format!("node {id}'s lazy disk"))?;
+            self.disks.insert(id, disk);
+        }
         let log_path = self.dir().join(format!("node-{id}.log"));
         let mut args: Vec<OsString> = vec![
             "--id".into(),
@@ -732,6 +751,52 @@ impl Cluster {
         }
     }
 
+    /// The lazy disk under node `id`'s data directory, when the cluster
+    /// was started with [`ClusterOptions::lazy_disks`].
+    pub fn disk(&self, id: u64) -> Option<&LazyMount> {
+        self.disks.get(&id)
+    }
+
+    /// A power cut of every machine at once: SIGKILL to every running node
+    /// on a lazy disk, all signals sent before any is reaped (within
+    /// milliseconds), then, once all are dead, every write not yet fsynced
+    /// is discarded from every disk. The nodes stay down; restart them with
+    /// [`NodeProc::restart`]: they start from what was durable.
+    pub fn power_cut(&mut self) -> anyhow::Result<PowerCut> {
+        if self.disks.is_empty() {
+            bail!("power_cut needs a cluster started with lazy_disks");
+        }
+        let ids: Vec<u64> = self
+            .running_ids()
+            .into_iter()
+            .filter(|id| self.disks.contains_key(id))
+            .collect();
+        let first = Instant::now();
+        let mut last = first;
+        for &id in &ids {
+            let node = self.nodes.get_mut(&id).expect("running");
+            node.send_kill()
+                .with_context(|| format!("SIGKILL to node {id}"))?;
+            last = Instant::now();
+        }
+        for &id in &ids {
+            self.nodes.get_mut(&id).expect("running").kill()?;
+        }
+        let mut cut = PowerCut {
+            killed: ids,
+            spread: last - first,
+            ..PowerCut::default()
+        };
+        for (&id, disk) in &self.disks {
+            let lost = disk
+                .power_cut()
+                .with_context(|| format!("power cut of node {id}'s disk"))?;
+            cut.discarded += lost;
+            cut.per_node.insert(id, lost);
+        }
+        Ok(cut)
+    }
+
     /// The last lines of every node's log, headed by the node id.
     pub fn log_tails(&self) -> String {
         let mut out = String::new();
@@ -744,6 +809,19 @@ impl Cluster {
         }
         out
     }
+}
+
+/// What [`Cluster::power_cut`] did.
+#[derive(Debug, Clone, Default)]
+pub struct PowerCut {
+    /// The nodes killed.
+    pub killed: Vec<u64>,
+    /// Time from the first SIGKILL sent to the last.
+    pub spread: Duration,
+    /// Everything discarded, summed over the disks.
+    pub discarded: Discarded,
+    /// What each node's disk discarded.
+    pub per_node: BTreeMap<u64, Discarded>,
 }
 
 /// `(id, role)` of every member in a status.

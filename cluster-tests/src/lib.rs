@@ -42,7 +42,7 @@ pub use client::{
     Admin, ApiKey, PublishFailure, Publisher, RotatingPublisher, error_metadata, http_get,
     is_retryable, reason_of,
 };
-pub use cluster::{Cluster, ClusterOptions, members, voters};
+pub use cluster::{Cluster, ClusterOptions, PowerCut, members, voters};
 pub use edge::{EdgeProc, edge_token};
 pub use network::Network;
 pub use process::{NodeLaunch, NodeProc};

@@ -16,17 +16,20 @@
 //! | `clock_jump` | the leader's wall clock jumps an hour ahead, then leadership moves | 1 and 5; publication timestamps never go backwards |
 //! | `edge_partition` | an edge cut off from its node (both ways, one way), then from every node | 2: the edge notices a silent link (keepalive) and moves; cut off from all, it turns unready and tells clients; subscribers miss nothing |
 //! | `reconnect_storm` | 10,000 clients on one edge, the edge killed and restarted | 3 for all of them; `--connection-rate` refuses the surplus (503, 3504); no node falls over |
+//! | `power_cut` | every voter SIGKILLed within milliseconds and every write not yet fsynced dropped (a lazy FUSE disk), three times under load, at random moments from a printed seed | 1: every acknowledged publication on every node at its offset; the cluster elects and acknowledges after each cut |
 //! | `soak` | kill -9, pause, SIGTERM, partitions (both ways, one way) and netem on nodes, kill -9, pause, SIGTERM and cuts on edges, at random from a printed seed | all of the above, mixed |
 //!
 //! Scenarios that need network namespaces (root, `ip`, `iptables`) or
 //! libfaketime print `SKIPPED <scenario>: <reason>` and pass when the
-//! machine lacks them; CI installs what they need.
+//! machine lacks them; CI installs what they need. `power_cut` fails
+//! without FUSE (`/dev/fuse`, `fusermount3`).
 
 mod clock_jump;
 mod edge_partition;
 mod isolated_follower;
 mod isolated_leader;
 mod lossy_links;
+mod power_cut;
 mod reconnect_storm;
 mod rolling_restart;
 mod soak;
