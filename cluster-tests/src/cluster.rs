@@ -757,12 +757,15 @@ impl Cluster {
         self.disks.get(&id)
     }
 
-    /// A power cut of every machine at once: SIGKILL to every running node
-    /// on a lazy disk, all signals sent before any is reaped (within
-    /// milliseconds), then, once all are dead, every write not yet fsynced
-    /// is discarded from every disk. The nodes stay down; restart them with
+    /// A power cut of every machine at once, at a moment when writes are
+    /// in flight: every disk is frozen (requests held) as soon as one has
+    /// unsynced writes (within `search`; the disks are thawed between
+    /// looks), SIGKILL goes to every running node on a lazy disk, all
+    /// signals sent before any is reaped (within milliseconds), every write
+    /// not yet fsynced is discarded from every disk and every held request
+    /// fails, and the nodes are reaped. They stay down; restart them with
     /// [`NodeProc::restart`]: they start from what was durable.
-    pub fn power_cut(&mut self) -> anyhow::Result<PowerCut> {
+    pub async fn power_cut(&mut self, search: Duration) -> anyhow::Result<PowerCut> {
         if self.disks.is_empty() {
             bail!("power_cut needs a cluster started with lazy_disks");
         }
@@ -771,6 +774,16 @@ impl Cluster {
             .into_iter()
             .filter(|id| self.disks.contains_key(id))
             .collect();
+        let deadline = Instant::now() + search;
+        loop {
+            self.disks.values().for_each(LazyMount::freeze);
+            let pending: u64 = self.disks.values().map(|d| d.pending().bytes).sum();
+            if pending > 0 || Instant::now() >= deadline {
+                break;
+            }
+            self.disks.values().for_each(LazyMount::thaw);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let first = Instant::now();
         let mut last = first;
         for &id in &ids {
@@ -779,11 +792,8 @@ impl Cluster {
                 .with_context(|| format!("SIGKILL to node {id}"))?;
             last = Instant::now();
         }
-        for &id in &ids {
-            self.nodes.get_mut(&id).expect("running").kill()?;
-        }
         let mut cut = PowerCut {
-            killed: ids,
+            killed: ids.clone(),
             spread: last - first,
             ..PowerCut::default()
         };
@@ -793,6 +803,9 @@ impl Cluster {
                 .with_context(|| format!("power cut of node {id}'s disk"))?;
             cut.discarded += lost;
             cut.per_node.insert(id, lost);
+        }
+        for &id in &ids {
+            self.nodes.get_mut(&id).expect("running").kill()?;
         }
         Ok(cut)
     }

@@ -40,14 +40,14 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
-    SessionACL, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 
 pub use pending::Discarded;
@@ -81,6 +81,7 @@ const TTL: Duration = Duration::ZERO;
 /// A mounted lazy filesystem; unmounted on drop.
 pub struct LazyMount {
     tree: Arc<Mutex<Tree>>,
+    power: Arc<Power>,
     mountpoint: PathBuf,
     session: Option<BackgroundSession>,
 }
@@ -117,6 +118,7 @@ impl LazyMount {
     pub fn mount(backing: &Path, mountpoint: &Path) -> Result<Self, LazyFsError> {
         Self::available()?;
         let tree = Arc::new(Mutex::new(Tree::new(backing.to_path_buf())));
+        let power = Arc::new(Power::default());
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("herald-lazyfs".to_string()),
@@ -127,6 +129,7 @@ impl LazyMount {
         let session = fuser::spawn_mount(
             LazyFs {
                 tree: Arc::clone(&tree),
+                power: Arc::clone(&power),
             },
             mountpoint,
             &config,
@@ -137,6 +140,7 @@ impl LazyMount {
         })?;
         Ok(Self {
             tree,
+            power,
             mountpoint: mountpoint.to_path_buf(),
             session: Some(session),
         })
@@ -164,11 +168,33 @@ impl LazyMount {
         lock(&self.tree).syncs
     }
 
+    /// Hold every request that arrives from now on, as if the disk had
+    /// stopped: what is pending stays pending. Ended by [`LazyMount::thaw`]
+    /// (the requests then proceed) or [`LazyMount::power_cut`] (they fail
+    /// with `EIO`: the power went before they happened). A request already
+    /// being served completes first.
+    pub fn freeze(&self) {
+        self.power.set_frozen(true);
+    }
+
+    /// Let requests held by [`LazyMount::freeze`] proceed.
+    pub fn thaw(&self) {
+        self.power.set_frozen(false);
+    }
+
     /// Power cut: every write and size change not yet synced is discarded;
-    /// every file reads again as its last sync left it. Call it once the
-    /// processes using the mount are dead (their last requests answered),
-    /// as power comes back to an idle machine. Returns what was discarded.
+    /// every file reads again as its last sync left it, and every request
+    /// held by [`LazyMount::freeze`] fails with `EIO`. Returns what was
+    /// discarded. The processes using the mount are to be killed first
+    /// (their requests held), or already dead: a process that goes on
+    /// would see the disk move back in time.
     pub fn power_cut(&self) -> io::Result<Discarded> {
+        let result = self.discard_pending();
+        self.power.cut();
+        result
+    }
+
+    fn discard_pending(&self) -> io::Result<Discarded> {
         let mut tree = lock(&self.tree);
         let mut total = Discarded::default();
         for inode in tree.inodes.values_mut() {
@@ -204,6 +230,52 @@ impl Drop for LazyMount {
         // connection, which a file still open on the mount (a process the
         // test leaked) would delay forever. Detached, it ends on its own.
         drop(session);
+    }
+}
+
+/// The power switch in front of every request: [`Power::enter`] waits
+/// while the disk is frozen, and answers whether power stayed on meanwhile.
+#[derive(Debug, Default)]
+struct Power {
+    state: Mutex<PowerState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PowerState {
+    frozen: bool,
+    /// Power cuts so far.
+    cuts: u64,
+}
+
+impl Power {
+    fn state(&self) -> MutexGuard<'_, PowerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_frozen(&self, frozen: bool) {
+        self.state().frozen = frozen;
+        self.changed.notify_all();
+    }
+
+    /// The power goes: held requests fail, later ones run on the disk as
+    /// it was at its last syncs.
+    fn cut(&self) {
+        let mut state = self.state();
+        state.cuts += 1;
+        state.frozen = false;
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Wait while frozen; `false` when a power cut happened meanwhile.
+    fn enter(&self) -> bool {
+        let mut state = self.state();
+        let cuts = state.cuts;
+        while state.frozen {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.cuts == cuts
     }
 }
 
@@ -340,10 +412,7 @@ impl Tree {
             (None, None) => return Err(Errno::ENOENT),
         }
         .map_err(Errno::from)?;
-        let size = inode
-            .pending
-            .as_ref()
-            .map_or(meta.len(), PendingFile::len);
+        let size = inode.pending.as_ref().map_or(meta.len(), PendingFile::len);
         Ok(attr_of(ino, &meta, size))
     }
 
@@ -389,17 +458,37 @@ fn attr_of(ino: u64, meta: &Metadata, size: u64) -> FileAttr {
 /// The FUSE side: every request takes the tree's lock.
 struct LazyFs {
     tree: Arc<Mutex<Tree>>,
+    power: Arc<Power>,
 }
 
 impl LazyFs {
-    fn tree(&self) -> MutexGuard<'_, Tree> {
-        lock(&self.tree)
+    /// The tree, once the disk is not frozen; `EIO` when the power was cut
+    /// while this request waited.
+    fn tree(&self) -> Result<MutexGuard<'_, Tree>, Errno> {
+        if self.power.enter() {
+            Ok(lock(&self.tree))
+        } else {
+            Err(Errno::EIO)
+        }
     }
+}
+
+/// The tree for a request, or its reply with the error.
+macro_rules! tree_or_reply {
+    ($fs:expr, $reply:ident) => {
+        match $fs.tree() {
+            Ok(tree) => tree,
+            Err(e) => {
+                $reply.error(e);
+                return;
+            }
+        }
+    };
 }
 
 impl Filesystem for LazyFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         match tree.child(parent, name).and_then(|rel| tree.entry(&rel)) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -407,7 +496,7 @@ impl Filesystem for LazyFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.tree().attr(ino.0) {
+        match tree_or_reply!(self, reply).attr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
@@ -431,7 +520,7 @@ impl Filesystem for LazyFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         let result = (|| -> Result<FileAttr, Errno> {
             if let Some(len) = size {
                 tree.pending(ino)?.0.set_len(len);
@@ -464,7 +553,7 @@ impl Filesystem for LazyFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         let result = tree.child(parent, name).and_then(|rel| {
             std::fs::DirBuilder::new()
                 .mode(mode & !umask)
@@ -479,7 +568,7 @@ impl Filesystem for LazyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         let result = tree.child(parent, name).and_then(|rel| {
             std::fs::remove_file(tree.real(&rel)).map_err(Errno::from)?;
             tree.forget_path(&rel);
@@ -492,7 +581,7 @@ impl Filesystem for LazyFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         let result = tree.child(parent, name).and_then(|rel| {
             std::fs::remove_dir(tree.real(&rel)).map_err(Errno::from)?;
             tree.forget_path(&rel);
@@ -514,7 +603,7 @@ impl Filesystem for LazyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         let result = (|| -> Result<(), Errno> {
             if !flags.is_empty() {
                 return Err(Errno::EINVAL);
@@ -553,7 +642,7 @@ impl Filesystem for LazyFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.tree().file(ino) {
+        match tree_or_reply!(self, reply).file(ino) {
             // No kernel page cache: every read and write comes here.
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
             Err(e) => reply.error(e),
@@ -570,7 +659,7 @@ impl Filesystem for LazyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         let result = (|| -> Result<FileAttr, Errno> {
             let rel = tree.child(parent, name)?;
             let exclusive = flags & nix::fcntl::OFlag::O_EXCL.bits() != 0;
@@ -611,7 +700,7 @@ impl Filesystem for LazyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         let result = (|| -> Result<Vec<u8>, Errno> {
             let file = tree.file(ino)?;
             let len = file.len().map_err(Errno::from)?;
@@ -647,7 +736,7 @@ impl Filesystem for LazyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         let result = tree
             .pending(ino)
             .and_then(|(pending, file)| pending.write(file, offset, data).map_err(Errno::from));
@@ -677,7 +766,7 @@ impl Filesystem for LazyFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         tree.syncs += 1;
         let result = tree
             .pending(ino)
@@ -696,25 +785,24 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let mut tree = self.tree();
+        let mut tree = tree_or_reply!(self, reply);
         let result = (|| -> Result<Vec<(u64, FileType, std::ffi::OsString)>, Errno> {
             let rel = tree.path(ino)?;
             let parent = rel
                 .parent()
                 .map_or(INodeNo::ROOT.0, |p| tree.ino_of(&p.to_path_buf()));
-            let mut names: Vec<(std::ffi::OsString, FileType)> =
-                std::fs::read_dir(tree.real(&rel))
-                    .map_err(Errno::from)?
-                    .filter_map(Result::ok)
-                    .map(|e| {
-                        let kind = e
-                            .file_type()
-                            .ok()
-                            .and_then(FileType::from_std)
-                            .unwrap_or(FileType::RegularFile);
-                        (e.file_name(), kind)
-                    })
-                    .collect();
+            let mut names: Vec<(std::ffi::OsString, FileType)> = std::fs::read_dir(tree.real(&rel))
+                .map_err(Errno::from)?
+                .filter_map(Result::ok)
+                .map(|e| {
+                    let kind = e
+                        .file_type()
+                        .ok()
+                        .and_then(FileType::from_std)
+                        .unwrap_or(FileType::RegularFile);
+                    (e.file_name(), kind)
+                })
+                .collect();
             names.sort_by(|a, b| a.0.cmp(&b.0));
             let mut out = vec![
                 (ino.0, FileType::Directory, ".".into()),
@@ -728,7 +816,8 @@ impl Filesystem for LazyFs {
         })();
         match result {
             Ok(entries) => {
-                for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize)
+                for (i, (child, kind, name)) in
+                    entries.into_iter().enumerate().skip(offset as usize)
                 {
                     if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
                         break;
@@ -874,7 +963,11 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["b", "sub"]);
-        assert_eq!(read_all(&root.join("b")), b"", "its content was never synced");
+        assert_eq!(
+            read_all(&root.join("b")),
+            b"",
+            "its content was never synced"
+        );
         assert!(dir.path().join("backing/b").is_file());
     }
 }

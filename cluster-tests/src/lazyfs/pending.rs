@@ -161,7 +161,12 @@ impl PendingFile {
     }
 
     /// Durable bytes at `offset` into `dst`, zeros at and past the clip.
-    fn read_durable(&self, durable: &impl DurableFile, dst: &mut [u8], offset: u64) -> io::Result<()> {
+    fn read_durable(
+        &self,
+        durable: &impl DurableFile,
+        dst: &mut [u8],
+        offset: u64,
+    ) -> io::Result<()> {
         let visible = self.clip.saturating_sub(offset).min(dst.len() as u64) as usize;
         let got = durable.read_at(&mut dst[..visible], offset)?;
         dst[got..].fill(0);
