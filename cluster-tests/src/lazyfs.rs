@@ -947,6 +947,38 @@ mod tests {
         assert_eq!(read_all(&path), vec![1u8; 100]);
     }
 
+    /// A request held by a frozen disk fails with `EIO` when the power is
+    /// cut, and leaves nothing behind; after a thaw, it goes through.
+    #[test]
+    fn requests_held_by_a_freeze_fail_when_the_power_goes() {
+        let (_dir, mount) = mounted();
+        let path = mount.mountpoint().join("held");
+        std::fs::write(&path, b"").unwrap();
+        let writer = |path: PathBuf| {
+            std::thread::spawn(move || {
+                let f = OpenOptions::new().write(true).open(&path).unwrap();
+                std::os::unix::fs::FileExt::write_all_at(&f, b"late", 0)
+            })
+        };
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        mount.freeze();
+        let held =
+            std::thread::spawn(move || std::os::unix::fs::FileExt::write_all_at(&f, b"late", 0));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!held.is_finished(), "a frozen disk holds the write");
+        assert_eq!(mount.power_cut().unwrap(), Discarded::default());
+        let err = held.join().unwrap().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(5), "EIO, got {err}");
+        assert_eq!(read_all(&path), b"");
+
+        mount.freeze();
+        let thawed = writer(path.clone());
+        std::thread::sleep(Duration::from_millis(200));
+        mount.thaw();
+        thawed.join().unwrap().unwrap();
+        assert_eq!(read_all(&path), b"late");
+    }
+
     #[test]
     fn metadata_is_durable_at_once() {
         let (dir, mount) = mounted();
