@@ -788,9 +788,7 @@ impl Filesystem for LazyFs {
         let mut tree = tree_or_reply!(self, reply);
         let result = (|| -> Result<Vec<(u64, FileType, std::ffi::OsString)>, Errno> {
             let rel = tree.path(ino)?;
-            let parent = rel
-                .parent()
-                .map_or(INodeNo::ROOT.0, |p| tree.ino_of(&p.to_path_buf()));
+            let parent = rel.parent().map_or(INodeNo::ROOT.0, |p| tree.ino_of(p));
             let mut names: Vec<(std::ffi::OsString, FileType)> = std::fs::read_dir(tree.real(&rel))
                 .map_err(Errno::from)?
                 .filter_map(Result::ok)

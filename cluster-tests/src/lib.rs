@@ -13,7 +13,9 @@
 //! Fault injection beyond signals: [`Cluster::start_isolated`] runs each
 //! node in its own network namespace so links can be cut or degraded
 //! ([`network`]), and [`ClusterOptions::clock_control`] lets a test jump one
-//! node's wall clock ([`clock`]). The [`load`] of careful publishers writes a
+//! node's wall clock ([`clock`]), and [`ClusterOptions::lazy_disks`] puts
+//! every node's data directory on a FUSE disk that loses unsynced writes
+//! in a [`Cluster::power_cut`] ([`lazyfs`]). The [`load`] of careful publishers writes a
 //! [`ledger`] that the history checker compares with every node's history;
 //! each scenario ends with a printed [`verdict::Verdict`].
 //!

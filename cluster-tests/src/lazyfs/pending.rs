@@ -211,7 +211,7 @@ impl PendingFile {
         if len < self.len {
             let first_gone = len.div_ceil(PAGE);
             self.pages.split_off(&first_gone);
-            if len % PAGE != 0
+            if !len.is_multiple_of(PAGE)
                 && let Some(bytes) = self.pages.get_mut(&(len / PAGE))
             {
                 bytes[(len % PAGE) as usize..].fill(0);
