@@ -7,7 +7,9 @@
 //! namespace (see [`crate::network`]), so a test can cut and degrade the
 //! links between nodes; [`ClusterOptions::clock_control`] runs every node
 //! under libfaketime so a test can jump one node's clock (see
-//! [`crate::clock`]).
+//! [`crate::clock`]); [`ClusterOptions::lazy_disks`] puts every node's
+//! data directory on a disk that [`Cluster::power_cut`] can cut the power
+//! of (see [`crate::lazyfs`]).
 //!
 //! Every process log in the cluster's directory (nodes and edges) is
 //! scanned for `panicked`: [`crate::Verdict::conclude`] makes each one a
@@ -37,6 +39,7 @@ use crate::binary;
 use crate::client::{self, Admin, Publisher, RotatingPublisher};
 use crate::clock;
 use crate::disk::{self, SmallDisk};
+use crate::lazyfs::{Discarded, LazyMount};
 use crate::network::Network;
 use crate::process::{NodeLaunch, NodeProc};
 
@@ -80,6 +83,10 @@ pub struct ClusterOptions {
     /// already carry `--quic-listen` (a test bringing its own
     /// certificates) is left as it is.
     pub quic: bool,
+    /// Put every node's data directory on its own [`LazyMount`], a disk
+    /// that loses every write not yet fsynced when [`Cluster::power_cut`]
+    /// cuts the power. Needs [`LazyMount::available`].
+    pub lazy_disks: bool,
 }
 
 impl Default for ClusterOptions {
@@ -98,6 +105,7 @@ impl Default for ClusterOptions {
             disk_faults: false,
             small_disks: None,
             quic: true,
+            lazy_disks: false,
         }
     }
 }
@@ -225,7 +233,9 @@ pub struct Cluster {
     opts: ClusterOptions,
     policy_path: Option<PathBuf>,
     // Field order matters for Drop: processes die (in `drop`) before their
-    // network and directory are removed, and the slot is released last.
+    // disks are unmounted and their network and directory removed, and the
+    // slot is released last.
+    disks: BTreeMap<u64, LazyMount>,
     net: Option<Network>,
     dir: Option<TempDir>,
     _slot: Slot,
@@ -306,6 +316,7 @@ impl Cluster {
             small_disks: Vec::new(),
             opts,
             policy_path,
+            disks: BTreeMap::new(),
             net,
             dir: Some(dir),
             _slot: slot,
@@ -335,6 +346,14 @@ impl Cluster {
         std::fs::create_dir_all(&data_dir)?;
         if let Some(bytes) = self.opts.small_disks {
             self.small_disks.push(SmallDisk::mount(&data_dir, bytes)?);
+        }
+        if self.opts.lazy_disks && !self.disks.contains_key(&id) {
+            // What survives power cuts lives in `node-<id>.disk`.
+            let backing = self.dir().join(format!("node-{id}.disk"));
+            std::fs::create_dir_all(&backing)?;
+            let disk = LazyMount::mount(&backing, &data_dir)
+                .with_context(|| format!("node {id}'s lazy disk"))?;
+            self.disks.insert(id, disk);
         }
         let log_path = self.dir().join(format!("node-{id}.log"));
         let mut args: Vec<OsString> = vec![
@@ -861,6 +880,65 @@ impl Cluster {
         }
     }
 
+    /// The lazy disk under node `id`'s data directory, when the cluster
+    /// was started with [`ClusterOptions::lazy_disks`].
+    pub fn disk(&self, id: u64) -> Option<&LazyMount> {
+        self.disks.get(&id)
+    }
+
+    /// A power cut of every machine at once, at a moment when writes are
+    /// in flight: every disk is frozen (requests held) as soon as one has
+    /// unsynced writes (within `search`; the disks are thawed between
+    /// looks), SIGKILL goes to every running node on a lazy disk, all
+    /// signals sent before any is reaped (within milliseconds), every write
+    /// not yet fsynced is discarded from every disk and every held request
+    /// fails, and the nodes are reaped. They stay down; restart them with
+    /// [`NodeProc::restart`]: they start from what was durable.
+    pub async fn power_cut(&mut self, search: Duration) -> anyhow::Result<PowerCut> {
+        if self.disks.is_empty() {
+            bail!("power_cut needs a cluster started with lazy_disks");
+        }
+        let ids: Vec<u64> = self
+            .running_ids()
+            .into_iter()
+            .filter(|id| self.disks.contains_key(id))
+            .collect();
+        let deadline = Instant::now() + search;
+        loop {
+            self.disks.values().for_each(LazyMount::freeze);
+            let pending: u64 = self.disks.values().map(|d| d.pending().bytes).sum();
+            if pending > 0 || Instant::now() >= deadline {
+                break;
+            }
+            self.disks.values().for_each(LazyMount::thaw);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let first = Instant::now();
+        let mut last = first;
+        for &id in &ids {
+            let node = self.nodes.get_mut(&id).expect("running");
+            node.send_kill()
+                .with_context(|| format!("SIGKILL to node {id}"))?;
+            last = Instant::now();
+        }
+        let mut cut = PowerCut {
+            killed: ids.clone(),
+            spread: last - first,
+            ..PowerCut::default()
+        };
+        for (&id, disk) in &self.disks {
+            let lost = disk
+                .power_cut()
+                .with_context(|| format!("power cut of node {id}'s disk"))?;
+            cut.discarded += lost;
+            cut.per_node.insert(id, lost);
+        }
+        for &id in &ids {
+            self.nodes.get_mut(&id).expect("running").kill()?;
+        }
+        Ok(cut)
+    }
+
     /// The last lines of every node's log, headed by the node id.
     pub fn log_tails(&self) -> String {
         let mut out = String::new();
@@ -873,6 +951,19 @@ impl Cluster {
         }
         out
     }
+}
+
+/// What [`Cluster::power_cut`] did.
+#[derive(Debug, Clone, Default)]
+pub struct PowerCut {
+    /// The nodes killed.
+    pub killed: Vec<u64>,
+    /// Time from the first SIGKILL sent to the last.
+    pub spread: Duration,
+    /// Everything discarded, summed over the disks.
+    pub discarded: Discarded,
+    /// What each node's disk discarded.
+    pub per_node: BTreeMap<u64, Discarded>,
 }
 
 /// `(id, role)` of every member in a status.

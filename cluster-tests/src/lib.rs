@@ -13,9 +13,11 @@
 //! Fault injection beyond signals: [`Cluster::start_isolated`] runs each
 //! node in its own network namespace so links can be cut or degraded
 //! ([`network`]), [`ClusterOptions::clock_control`] lets a test jump one
-//! node's wall clock ([`clock`]), and [`ClusterOptions::disk_faults`] and
+//! node's wall clock ([`clock`]), [`ClusterOptions::disk_faults`] and
 //! [`ClusterOptions::small_disks`] let it fail or fill one node's disk
-//! ([`disk`]). The [`load`] of careful publishers writes a
+//! ([`disk`]), and [`ClusterOptions::lazy_disks`] puts every node's data
+//! directory on a FUSE disk that loses unsynced writes in a
+//! [`Cluster::power_cut`] ([`lazyfs`]). The [`load`] of careful publishers writes a
 //! [`ledger`] that the history checker compares with every node's history;
 //! each scenario ends with a printed [`verdict::Verdict`].
 //!
@@ -34,6 +36,7 @@ pub mod clock;
 pub mod cluster;
 pub mod disk;
 pub mod edge;
+pub mod lazyfs;
 pub mod ledger;
 pub mod load;
 pub mod machine;
@@ -47,7 +50,7 @@ pub use client::{
     Admin, ApiKey, PublishFailure, Publisher, RotatingPublisher, error_metadata, http_get,
     is_retryable, reason_of,
 };
-pub use cluster::{Cluster, ClusterOptions, members, voters};
+pub use cluster::{Cluster, ClusterOptions, PowerCut, members, voters};
 pub use edge::{EdgeProc, edge_token};
 pub use network::Network;
 pub use process::{NodeLaunch, NodeProc};

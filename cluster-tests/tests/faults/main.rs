@@ -21,11 +21,12 @@
 //! | `reconnect_storm` | 10,000 clients on one edge, the edge killed and restarted | 3 for all of them; `--connection-rate` refuses the surplus (503, 3504); no node falls over |
 //! | `disk_failure` | EIO on fsync, EIO on write (libfiu), a full disk (tmpfs filled with a ballast), each on a follower and then the leader, under load; disk mended, node restarted | 1: the failed node reports it and acknowledges nothing (`STORAGE_FAILED`); the others go on; it recovers from its last durable commit and catches up |
 //! | `restore` | the whole cluster lost after publications acknowledged past a backup copy; the copy restored on one node with `herald-node recover`, the others back with empty disks | 3: every epoch changes, the publications after the backup are on no node, resuming subscribers that saw them are told `recovered: false` |
+//! | `power_cut` | every voter SIGKILLed within milliseconds and every write not yet fsynced dropped (a lazy FUSE disk), three times under load, at random moments from a printed seed | 1: every acknowledged publication on every node at its offset; the cluster elects and acknowledges after each cut |
 //! | `soak` | kill -9, pause, SIGTERM, partitions (both ways, one way) and netem on nodes, kill -9, pause, SIGTERM and cuts on edges, at random from a printed seed | all of the above, mixed |
 //!
 //! Every scenario runs with the QUIC delivery plane on, as deployed. A
 //! scenario that needs network namespaces (root, `ip`, `iptables`),
-//! libfaketime, libfiu or a high open-files limit fails when the machine
+//! libfaketime, libfiu, FUSE (`/dev/fuse`, `fusermount3`) or a high open-files limit fails when the machine
 //! lacks it; `scripts/test` installs what they need. Only a machine kind
 //! declared unsupported (`HERALD_TEST_UNSUPPORTED=network,clock,open-files`)
 //! prints `UNSUPPORTED <scenario>: <reason>` and passes. At the end of
@@ -39,6 +40,7 @@ mod isolated_follower;
 mod isolated_leader;
 mod lossy_links;
 mod lost_quorum;
+mod power_cut;
 mod reconnect_storm;
 mod restore;
 mod rolling_restart;
