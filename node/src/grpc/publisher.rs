@@ -124,22 +124,11 @@ impl PublisherService {
                     FORWARDED,
                     tonic::metadata::MetadataValue::from(self.replica.id),
                 );
-                match client.publish_batch(req).await {
-                    Ok(r) => Ok(r.into_inner().results),
-                    // The leader's own rejections pass through unchanged.
-                    Err(s)
-                        if s.code() != tonic::Code::Unavailable
-                            && s.code() != tonic::Code::Unknown =>
-                    {
-                        Err(s)
-                    }
-                    Err(s) if crate::rejection::reason_of(&s).is_some() => Err(s),
-                    Err(s) => Err(Rejection::LeaderUnreachable(format!(
-                        "node {leader}: {}",
-                        s.message()
-                    ))
-                    .into()),
-                }
+                client
+                    .publish_batch(req)
+                    .await
+                    .map(|r| r.into_inner().results)
+                    .map_err(|s| super::forwarding_failed(&format!("node {leader}"), s))
             }
         }
     }
