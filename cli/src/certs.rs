@@ -85,7 +85,7 @@ pub(crate) fn generate(
     let issuer = Issuer::new(ca_params, ca_key);
     let set = CertSet::existing(dir);
     write(&set.ca, &ca_cert.pem())?;
-    write(&dir.join("ca-key.pem"), &issuer.key().serialize_pem())?;
+    write_key(&dir.join("ca-key.pem"), &issuer.key().serialize_pem())?;
 
     let issue = |dns: Vec<String>, cn: &str, uri: String, (cert, key): (PathBuf, PathBuf)| {
         let mut params = CertificateParams::new(dns)?;
@@ -94,7 +94,7 @@ pub(crate) fn generate(
         let pair = KeyPair::generate()?;
         let signed = params.signed_by(&pair, &issuer)?;
         write(&cert, &signed.pem())?;
-        write(&key, &pair.serialize_pem())
+        write_key(&key, &pair.serialize_pem())
     };
     for id in nodes {
         issue(
@@ -117,6 +117,24 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// A private key is readable by its owner only (0600), whatever the umask,
+/// also when it replaces an older file.
+fn write_key(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let context = || format!("writing {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(context)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(context)?;
+    file.write_all(text.as_bytes()).with_context(context)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +150,20 @@ mod tests {
             assert!(text.starts_with("-----BEGIN"), "{}", p.display());
         }
         assert!(!set.node(3).0.exists());
+    }
+
+    #[test]
+    fn private_keys_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // An older, world-readable key is tightened when replaced.
+        let old = dir.path().join("node-1-key.pem");
+        std::fs::write(&old, "old").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let set = generate(dir.path(), 1..=2).unwrap();
+        for key in [set.node(1).1, set.edge().1, dir.path().join("ca-key.pem")] {
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
     }
 }

@@ -131,6 +131,8 @@ pub(crate) struct Connection {
 impl Connection {
     pub(crate) fn publisher(&self) -> PublisherClient<Authed> {
         PublisherClient::with_interceptor(self.channel.clone(), self.key.clone())
+            .max_decoding_message_size(herald_proto::limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(herald_proto::limits::MAX_MESSAGE_BYTES)
     }
 
     pub(crate) fn admin(&self) -> AdminClient<Authed> {

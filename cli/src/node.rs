@@ -48,6 +48,8 @@ pub(crate) async fn run(server: &Server, command: NodeCommand) -> anyhow::Result
                 grpc_addr,
                 voter: !learner && !fanout,
                 fanout,
+                // The leader asks the node for its incarnation.
+                incarnation: 0,
             };
             let r = admin
                 .add_node(request)

@@ -36,6 +36,9 @@ fn render(s: &ClusterStatusResponse) -> String {
         "node {}: {}, {leader}, term {}",
         s.node_id, s.state, s.term
     );
+    if !s.joining.is_empty() {
+        let _ = writeln!(out, "not in a cluster yet: {}", s.joining);
+    }
     // A fan-out node holds no Raft log.
     if s.state != "fanout" {
         let _ = writeln!(
@@ -90,17 +93,20 @@ mod tests {
                     grpc_addr: "127.0.0.1:7100".into(),
                     role: "voter".into(),
                     matched_index: Some(5),
+                    ..Default::default()
                 },
                 ClusterMember {
                     id: 4,
                     grpc_addr: "10.0.0.4:7100".into(),
                     role: "learner".into(),
                     matched_index: None,
+                    ..Default::default()
                 },
             ],
             snapshot_index: 0,
             purged_index: 0,
             leader_grpc_addr: "127.0.0.1:7100".into(),
+            ..Default::default()
         };
         assert_eq!(
             render(&s),
@@ -124,6 +130,7 @@ mod tests {
                 grpc_addr: "10.0.0.5:7100".into(),
                 role: "fanout".into(),
                 matched_index: None,
+                ..Default::default()
             }],
             leader_grpc_addr: "10.0.0.1:7100".into(),
             ..Default::default()
@@ -144,5 +151,16 @@ mod tests {
             ..Default::default()
         };
         assert!(render(&s).starts_with("node 2: candidate, no leader, term 0\n"));
+    }
+
+    #[test]
+    fn renders_why_a_node_waits() {
+        let s = ClusterStatusResponse {
+            node_id: 1,
+            state: "learner".into(),
+            joining: "waiting for peer 3 to answer".into(),
+            ..Default::default()
+        };
+        assert!(render(&s).contains("\nnot in a cluster yet: waiting for peer 3 to answer\n"));
     }
 }

@@ -1,7 +1,10 @@
 //! gRPC clients for the nodes under test, authenticated the way a backend
 //! would be (`authorization: apikey <key>`), plus the retry discipline a
 //! careful publisher follows: same idempotency key, next node, until a
-//! deadline.
+//! deadline — and only after the failures `docs/protocol.md` calls safe to
+//! retry. Retrying anything else would hide a node's bug (a handler panic
+//! breaks the call the way a transport failure does) behind a later
+//! success.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -126,27 +129,39 @@ pub fn error_metadata(status: &Status) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Whether a publish that failed this way may have been lost in transit and
-/// is safe to retry with the same idempotency key on another node: the node
-/// was unreachable, died mid-call, timed out, or had no leader. An
-/// `INTERNAL` status without Herald's error details is the client's
-/// transport failing (e.g. an HTTP/2 stream reset by a stopping node),
-/// not an answer from Herald, so it is retried too.
+/// Whether `docs/protocol.md` says a publish that failed this way may be
+/// retried with the same idempotency key: `UNAVAILABLE` (every documented
+/// retryable reason — `NO_LEADER`, `NO_QUORUM`, `COMMIT_TIMEOUT`,
+/// `LEADER_STEPPING_DOWN`, `LEADER_UNREACHABLE`, `STORAGE_FAILED`,
+/// `RAFT_STOPPED` — and a refused connection) or a timeout. Not `UNKNOWN`,
+/// `CANCELLED` or `INTERNAL`: see [`is_broken_call`].
 pub fn is_retryable(status: &Status) -> bool {
-    match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::Cancelled
-        | Code::Unknown
-        | Code::Aborted => true,
-        Code::Internal => reason_of(status).is_none(),
-        _ => false,
-    }
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
 }
 
-/// A publisher that retries on retryable errors with the same request (so
-/// the same idempotency key), moving to the next node each time, until a
-/// deadline. Any other error is returned at once.
+/// Whether a call broke without an answer from Herald: `UNKNOWN`,
+/// `CANCELLED` or `INTERNAL` without Herald's error details. A node killed
+/// mid-call looks like this (its connection reset), and so does a node
+/// whose handler panicked (the stream reset). [`RotatingPublisher`] tells
+/// them apart by asking the node whether it is still there.
+pub fn is_broken_call(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Cancelled | Code::Internal
+    ) && reason_of(status).is_none()
+}
+
+/// How long a node that broke a call has to answer `ClusterStatus` before
+/// it counts as gone.
+const PRESENCE_CHECK: Duration = Duration::from_secs(2);
+
+/// A publisher that retries on retryable errors ([`is_retryable`]) with the
+/// same request (so the same idempotency key), moving to the next node each
+/// time, until a deadline. A broken call ([`is_broken_call`]) is retried
+/// only if its node then fails to answer `ClusterStatus` (it died or was
+/// cut off: the transport failure the protocol calls safe to retry); a node
+/// still answering broke the call itself, and that is returned as a
+/// failure. Any other error is returned at once.
 #[derive(Debug, Clone)]
 pub struct RotatingPublisher {
     clients: Vec<(u64, Publisher)>,
@@ -165,6 +180,16 @@ pub struct PublishFailure {
     pub attempts: u32,
     /// Whether the deadline ran out (otherwise the error was not retryable).
     pub timed_out: bool,
+}
+
+impl PublishFailure {
+    /// Whether the publish may or may not have been stored, so re-sending
+    /// it with its key later is what the protocol prescribes: the publisher
+    /// ran out of patience on retryable errors. Otherwise a node answered
+    /// something final, or broke the call while alive.
+    pub fn outcome_unknown(&self) -> bool {
+        self.timed_out && (is_retryable(&self.last) || is_broken_call(&self.last))
+    }
 }
 
 impl std::fmt::Display for PublishFailure {
@@ -216,6 +241,19 @@ impl RotatingPublisher {
         self.clients[self.next].0
     }
 
+    /// Whether the node at index `i` answers `ClusterStatus` at all (any
+    /// answer from Herald, even an error with its details, shows the
+    /// process is there and reachable).
+    async fn answers(&mut self, i: usize) -> bool {
+        let client = &mut self.clients[i].1;
+        let call = client.cluster_status(herald_proto::v1::ClusterStatusRequest {});
+        match tokio::time::timeout(PRESENCE_CHECK, call).await {
+            Err(_) => false,
+            Ok(Ok(_)) => true,
+            Ok(Err(status)) => !(is_retryable(&status) || is_broken_call(&status)),
+        }
+    }
+
     /// Publish `req`, retrying as described on the type, for at most `patience`.
     pub async fn publish(
         &mut self,
@@ -235,9 +273,15 @@ impl RotatingPublisher {
                     self.clients[self.next].0, self.attempt_timeout
                 ))),
             };
+            let retry = match &result {
+                Ok(_) => false,
+                Err(status) if is_retryable(status) => true,
+                Err(status) if is_broken_call(status) => !self.answers(self.next).await,
+                Err(_) => false,
+            };
             match result {
                 Ok(resp) => return Ok(resp.into_inner()),
-                Err(status) if is_retryable(&status) => {
+                Err(status) if retry => {
                     self.next = (self.next + 1) % self.clients.len();
                     if Instant::now() >= deadline {
                         return Err(PublishFailure {
@@ -268,6 +312,30 @@ impl RotatingPublisher {
 /// `/metrics`) over plain HTTP/1.1: the status code and the body. A hang
 /// guard of 10 s applies.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = http_exchange(addr, path).await?;
+    Ok((status, body))
+}
+
+/// The wall-clock time the HTTP server at `addr` states in the `Date`
+/// header of its answer to `GET path` (second resolution): how a test sees
+/// a process's wall clock from outside.
+pub async fn http_date(addr: SocketAddr, path: &str) -> std::io::Result<std::time::SystemTime> {
+    let (_, head, _) = http_exchange(addr, path).await?;
+    let date = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("date")
+                .then(|| value.trim().to_string())
+        })
+        .ok_or_else(|| std::io::Error::other(format!("no Date header from {addr}: {head:?}")))?;
+    httpdate::parse_http_date(&date)
+        .map_err(|e| std::io::Error::other(format!("Date {date:?} from {addr}: {e}")))
+}
+
+/// `GET path`: the status, the head and the (dechunked) body.
+async fn http_exchange(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let exchange = async {
@@ -301,7 +369,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     } else {
         body.to_string()
     };
-    Ok((status, body))
+    Ok((status, head.to_string(), body))
 }
 
 /// Decode a chunked HTTP/1.1 body (enough for the node's small responses).
@@ -318,4 +386,56 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::ErrorDetails;
+
+    fn with_reason(code: Code, reason: &str) -> Status {
+        Status::with_error_details(
+            code,
+            "from herald",
+            ErrorDetails::with_error_info(reason, "herald.v1", HashMap::new()),
+        )
+    }
+
+    #[test]
+    fn only_what_the_protocol_calls_safe_is_retried() {
+        assert!(is_retryable(&with_reason(Code::Unavailable, "NO_QUORUM")));
+        assert!(is_retryable(&Status::unavailable("connection refused")));
+        assert!(is_retryable(&Status::deadline_exceeded("no answer")));
+        // What a handler panic or a node killed mid-call looks like: not
+        // retried blindly, only after the node is found gone.
+        for broken in [
+            Status::unknown("h2 protocol error"),
+            Status::cancelled("stream reset"),
+            Status::internal("stream reset"),
+        ] {
+            assert!(!is_retryable(&broken), "{broken:?}");
+            assert!(is_broken_call(&broken), "{broken:?}");
+        }
+        let answered = with_reason(Code::Internal, "SOMETHING");
+        assert!(!is_retryable(&answered) && !is_broken_call(&answered));
+        assert!(!is_retryable(&with_reason(
+            Code::InvalidArgument,
+            "CHANNEL_INVALID"
+        )));
+    }
+
+    #[test]
+    fn only_a_patience_run_out_on_retryable_errors_leaves_the_outcome_unknown() {
+        let failure = |last: Status, timed_out| PublishFailure {
+            last,
+            attempts: 3,
+            timed_out,
+        };
+        assert!(failure(with_reason(Code::Unavailable, "NO_LEADER"), true).outcome_unknown());
+        assert!(!failure(Status::unknown("reset by a live node"), false).outcome_unknown());
+        assert!(
+            !failure(with_reason(Code::InvalidArgument, "CHANNEL_INVALID"), false)
+                .outcome_unknown()
+        );
+    }
 }

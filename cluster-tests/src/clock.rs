@@ -10,6 +10,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
 
@@ -85,7 +86,51 @@ fn valid_offset(offset: &str) -> bool {
         && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// How far a node's observed wall clock may be from the offset it was set
+/// to: the `Date` header has second resolution, the test machine's own
+/// clock and the request take some time.
+const CLOCK_TOLERANCE: Duration = Duration::from_secs(60);
+
 impl Cluster {
+    /// Node `id`'s wall clock minus the test process's, in seconds, as the
+    /// node states it (`Date` header of its `/healthz` answer).
+    pub async fn clock_offset_secs(&self, id: u64) -> anyhow::Result<i64> {
+        let stated = crate::client::http_date(self.node(id).http_addr(), "/healthz").await?;
+        let now = SystemTime::now();
+        Ok(match stated.duration_since(now) {
+            Ok(ahead) => ahead.as_secs() as i64,
+            Err(behind) => -(behind.duration().as_secs() as i64),
+        })
+    }
+
+    /// Wait until node `id`'s wall clock is seen `offset_secs` from true
+    /// time (within a minute), proving a [`Cluster::set_clock`] took effect
+    /// (a broken `LD_PRELOAD` leaves it true). Returns the offset seen;
+    /// fails with the last one after `timeout`.
+    pub async fn wait_clock_offset(
+        &self,
+        id: u64,
+        offset_secs: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<i64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.clock_offset_secs(id).await;
+            if let Ok(seen) = seen
+                && seen.abs_diff(offset_secs) <= CLOCK_TOLERANCE.as_secs()
+            {
+                return Ok(seen);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "node {id}'s wall clock was set {offset_secs:+} s from true time, but it \
+                     states {seen:?} s after {timeout:?}: the clock fault did not take effect"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Set node `id`'s wall clock to the true time plus `offset` (`"+1h"`,
     /// `"-30m"`, `"+0"`); the node sees the jump within about a second.
     /// The cluster must have been started with

@@ -1,12 +1,20 @@
 //! A local Herald cluster: n `herald-node` processes on loopback, each with
 //! its own data directory under one temporary directory, sharing an API key
-//! and a channel policy file.
+//! and a channel policy file, with the QUIC delivery plane on as deployed
+//! ([`ClusterOptions::quic`]).
 //!
 //! [`Cluster::start_isolated`] instead puts each node in its own network
 //! namespace (see [`crate::network`]), so a test can cut and degrade the
 //! links between nodes; [`ClusterOptions::clock_control`] runs every node
 //! under libfaketime so a test can jump one node's clock (see
-//! [`crate::clock`]).
+//! [`crate::clock`]); [`ClusterOptions::lazy_disks`] puts every node's
+//! data directory on a disk that [`Cluster::power_cut`] can cut the power
+//! of (see [`crate::lazyfs`]).
+//!
+//! Every process log in the cluster's directory (nodes and edges) is
+//! scanned for `panicked`: [`crate::Verdict::conclude`] makes each one a
+//! violation of the scenario, and dropping a cluster whose logs hold one
+//! fails the test even when it ends without a verdict.
 //!
 //! Dropping a [`Cluster`] kills every node; when the drop happens because a
 //! test panicked, the tail of every node's log is printed first (and the
@@ -30,6 +38,8 @@ use tonic::Status;
 use crate::binary;
 use crate::client::{self, Admin, Publisher, RotatingPublisher};
 use crate::clock;
+use crate::disk::{self, SmallDisk};
+use crate::lazyfs::{Discarded, LazyMount};
 use crate::network::Network;
 use crate::process::{NodeLaunch, NodeProc};
 
@@ -65,6 +75,25 @@ pub struct ClusterOptions {
     /// (monotonic time is left alone, as an NTP step would). Needs
     /// [`clock::libfaketime`].
     pub clock_control: bool,
+    /// Run every node under libfiu (`fiu-run -x`) so [`Cluster::fail_disk`]
+    /// can make one node's disk fail while it runs. Needs
+    /// [`disk::libfiu`].
+    pub disk_faults: bool,
+    /// Give every node a data directory of its own tmpfs of this many
+    /// bytes, so [`Cluster::fill_disk`] can fill it up. Needs root.
+    pub small_disks: Option<u64>,
+    /// Run the QUIC delivery plane on every node, as deployed (the Helm
+    /// chart turns it on): `--quic-listen` with a CA and node certificate
+    /// made by `herald certs` in the cluster's directory, so the leader
+    /// pushes publications to its peers and edges get them from both QUIC
+    /// and the local Raft log. On by default; a node whose arguments
+    /// already carry `--quic-listen` (a test bringing its own
+    /// certificates) is left as it is.
+    pub quic: bool,
+    /// Put every node's data directory on its own [`LazyMount`], a disk
+    /// that loses every write not yet fsynced when [`Cluster::power_cut`]
+    /// cuts the power. Needs [`LazyMount::available`].
+    pub lazy_disks: bool,
 }
 
 impl Default for ClusterOptions {
@@ -82,6 +111,10 @@ impl Default for ClusterOptions {
                 .unwrap_or_else(|_| "info,openraft=warn".to_string()),
             extra_args: Vec::new(),
             clock_control: false,
+            disk_faults: false,
+            small_disks: None,
+            quic: true,
+            lazy_disks: false,
         }
     }
 }
@@ -114,6 +147,53 @@ static GATE: Gate = Gate {
     freed: Condvar::new(),
 };
 
+/// The directory of the cluster holding the [`Slot`], so the verdict of the
+/// scenario running it can scan its logs ([`logged_panics`]).
+static RUNNING: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The marker of a Rust panic in a process's log (`thread '..' panicked at`).
+const PANIC_MARKER: &str = "panicked";
+
+/// Every line holding `panicked` in the `*.log` files directly in `dir`
+/// (one per node and per edge), as `<file>: <line>`.
+pub fn panics_in_logs(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log") && p.is_file())
+        .collect();
+    logs.sort();
+    let mut found = Vec::new();
+    for log in logs {
+        let Ok(bytes) = std::fs::read(&log) else {
+            continue;
+        };
+        let name = log
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            if line.contains(PANIC_MARKER) {
+                found.push(format!("{name}: {}", line.trim()));
+            }
+        }
+    }
+    found
+}
+
+/// The panics logged so far by the processes of the cluster running in this
+/// test process (only one runs at a time), one violation each.
+pub fn logged_panics() -> Vec<String> {
+    let dir = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    dir.map_or_else(Vec::new, |d| {
+        panics_in_logs(&d)
+            .into_iter()
+            .map(|p| format!("a process panicked: {p}"))
+            .collect()
+    })
+}
+
 /// The right to run a cluster, released on drop.
 #[derive(Debug)]
 struct Slot(());
@@ -140,6 +220,8 @@ impl Drop for Slot {
 /// itself).
 const ISOLATED_GRPC_PORT: u16 = 7100;
 const ISOLATED_HTTP_PORT: u16 = 7200;
+/// The QUIC (UDP) port of a node in its own network namespace.
+const ISOLATED_QUIC_PORT: u16 = 7300;
 
 /// `n` distinct free loopback ports. The listeners are held until all are
 /// chosen so the same port is not handed out twice; another process could
@@ -155,10 +237,14 @@ pub(crate) fn free_addrs(n: usize) -> std::io::Result<Vec<SocketAddr>> {
 /// A set of `herald-node` processes forming one cluster.
 pub struct Cluster {
     nodes: BTreeMap<u64, NodeProc>,
+    /// Unmounted once the nodes using them are dead.
+    small_disks: Vec<SmallDisk>,
     opts: ClusterOptions,
     policy_path: Option<PathBuf>,
     // Field order matters for Drop: processes die (in `drop`) before their
-    // network and directory are removed, and the slot is released last.
+    // disks are unmounted and their network and directory removed, and the
+    // slot is released last.
+    disks: BTreeMap<u64, LazyMount>,
     net: Option<Network>,
     dir: Option<TempDir>,
     _slot: Slot,
@@ -196,6 +282,7 @@ impl Cluster {
         let dir = tempfile::Builder::new()
             .prefix("herald-cluster-")
             .tempdir()?;
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.path().to_path_buf());
         let policy_path = match &opts.policy {
             None => None,
             Some(toml) => {
@@ -235,8 +322,10 @@ impl Cluster {
             .join(",");
         let mut cluster = Self {
             nodes: BTreeMap::new(),
+            small_disks: Vec::new(),
             opts,
             policy_path,
+            disks: BTreeMap::new(),
             net,
             dir: Some(dir),
             _slot: slot,
@@ -264,6 +353,17 @@ impl Cluster {
     ) -> anyhow::Result<&mut NodeProc> {
         let data_dir = self.dir().join(format!("node-{id}"));
         std::fs::create_dir_all(&data_dir)?;
+        if let Some(bytes) = self.opts.small_disks {
+            self.small_disks.push(SmallDisk::mount(&data_dir, bytes)?);
+        }
+        if self.opts.lazy_disks && !self.disks.contains_key(&id) {
+            // What survives power cuts lives in `node-<id>.disk`.
+            let backing = self.dir().join(format!("node-{id}.disk"));
+            std::fs::create_dir_all(&backing)?;
+            let disk = LazyMount::mount(&backing, &data_dir)
+                .with_context(|| format!("node {id}'s lazy disk"))?;
+            self.disks.insert(id, disk);
+        }
         let log_path = self.dir().join(format!("node-{id}.log"));
         let mut args: Vec<OsString> = vec![
             "--id".into(),
@@ -290,13 +390,30 @@ impl Cluster {
             args.extend(["--config".into(), policy.clone().into()]);
         }
         // `{id}` in a flag stands for the node's id (per-node certificates).
-        args.extend(extra.into_iter().map(|a| match a.to_str() {
-            Some(text) if text.contains("{id}") => text.replace("{id}", &id.to_string()).into(),
-            _ => a,
-        }));
-        let (program, mut command) = match &self.net {
+        let extra: Vec<OsString> = extra
+            .into_iter()
+            .map(|a| match a.to_str() {
+                Some(text) if text.contains("{id}") => {
+                    text.replace("{id}", &id.to_string()).into()
+                }
+                _ => a,
+            })
+            .collect();
+        let brings_quic = extra.iter().any(|a| a == "--quic-listen");
+        args.extend(extra);
+        if self.opts.quic && !brings_quic {
+            args.extend(self.quic_args(id)?);
+        }
+        let (program, command) = match &self.net {
             None => (binary.to_path_buf(), Vec::new()),
             Some(net) => net.command_in(id, binary),
+        };
+        let (program, mut command) = if self.opts.disk_faults {
+            let (wrapper, mut leading) = disk::wrap(self.dir(), program)?;
+            leading.extend(command);
+            (wrapper, leading)
+        } else {
+            (program, command)
         };
         command.extend(args);
         let env = if self.opts.clock_control {
@@ -316,6 +433,42 @@ impl Cluster {
         let node = NodeProc::launch(id, launch).with_context(|| format!("spawning node {id}"))?;
         self.nodes.insert(id, node);
         Ok(self.nodes.get_mut(&id).expect("just inserted"))
+    }
+
+    /// The flags turning on the QUIC plane ([`ClusterOptions::quic`]),
+    /// making the cluster's certificates on first use. On loopback each
+    /// node takes a free UDP port and advertises it; in a network namespace
+    /// it listens on its own address's port 7300.
+    fn quic_args(&self, id: u64) -> anyhow::Result<Vec<OsString>> {
+        let tls = self.dir().join("tls");
+        if !tls.join("ca.pem").exists() {
+            let out = std::process::Command::new(binary::herald_cli())
+                .args(["certs", "--out"])
+                .arg(&tls)
+                .output()
+                .context("running herald certs")?;
+            if !out.status.success() {
+                bail!(
+                    "herald certs failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let listen = match &self.net {
+            None => "127.0.0.1:0".to_string(),
+            Some(_) => format!("0.0.0.0:{ISOLATED_QUIC_PORT}"),
+        };
+        Ok(vec![
+            "--quic-listen".into(),
+            listen.into(),
+            "--tls-ca".into(),
+            tls.join("ca.pem").into(),
+            "--tls-cert".into(),
+            tls.join(format!("node-{id}.pem")).into(),
+            "--tls-key".into(),
+            tls.join(format!("node-{id}-key.pem")).into(),
+        ])
     }
 
     /// Start node `id` on fresh ports with an empty data directory, joining
@@ -364,7 +517,8 @@ impl Cluster {
 
     /// Start fan-out node `id` (`--fanout`, outside Raft) on fresh ports,
     /// talking to every running node (`--join`), with the cluster's
-    /// `extra_args` (which must enable QUIC). Returns once the process is
+    /// `extra_args` (QUIC on: [`ClusterOptions::quic`] or QUIC flags in
+    /// `extra_args`). Returns once the process is
     /// started; it is ready (`/readyz`) once registered.
     pub fn add_fanout_node(&mut self, id: u64) -> anyhow::Result<&mut NodeProc> {
         if self.nodes.contains_key(&id) {
@@ -754,6 +908,65 @@ impl Cluster {
         }
     }
 
+    /// The lazy disk under node `id`'s data directory, when the cluster
+    /// was started with [`ClusterOptions::lazy_disks`].
+    pub fn disk(&self, id: u64) -> Option<&LazyMount> {
+        self.disks.get(&id)
+    }
+
+    /// A power cut of every machine at once, at a moment when writes are
+    /// in flight: every disk is frozen (requests held) as soon as one has
+    /// unsynced writes (within `search`; the disks are thawed between
+    /// looks), SIGKILL goes to every running node on a lazy disk, all
+    /// signals sent before any is reaped (within milliseconds), every write
+    /// not yet fsynced is discarded from every disk and every held request
+    /// fails, and the nodes are reaped. They stay down; restart them with
+    /// [`NodeProc::restart`]: they start from what was durable.
+    pub async fn power_cut(&mut self, search: Duration) -> anyhow::Result<PowerCut> {
+        if self.disks.is_empty() {
+            bail!("power_cut needs a cluster started with lazy_disks");
+        }
+        let ids: Vec<u64> = self
+            .running_ids()
+            .into_iter()
+            .filter(|id| self.disks.contains_key(id))
+            .collect();
+        let deadline = Instant::now() + search;
+        loop {
+            self.disks.values().for_each(LazyMount::freeze);
+            let pending: u64 = self.disks.values().map(|d| d.pending().bytes).sum();
+            if pending > 0 || Instant::now() >= deadline {
+                break;
+            }
+            self.disks.values().for_each(LazyMount::thaw);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let first = Instant::now();
+        let mut last = first;
+        for &id in &ids {
+            let node = self.nodes.get_mut(&id).expect("running");
+            node.send_kill()
+                .with_context(|| format!("SIGKILL to node {id}"))?;
+            last = Instant::now();
+        }
+        let mut cut = PowerCut {
+            killed: ids.clone(),
+            spread: last - first,
+            ..PowerCut::default()
+        };
+        for (&id, disk) in &self.disks {
+            let lost = disk
+                .power_cut()
+                .with_context(|| format!("power cut of node {id}'s disk"))?;
+            cut.discarded += lost;
+            cut.per_node.insert(id, lost);
+        }
+        for &id in &ids {
+            self.nodes.get_mut(&id).expect("running").kill()?;
+        }
+        Ok(cut)
+    }
+
     /// The last lines of every node's log, headed by the node id.
     pub fn log_tails(&self) -> String {
         let mut out = String::new();
@@ -766,6 +979,19 @@ impl Cluster {
         }
         out
     }
+}
+
+/// What [`Cluster::power_cut`] did.
+#[derive(Debug, Clone, Default)]
+pub struct PowerCut {
+    /// The nodes killed.
+    pub killed: Vec<u64>,
+    /// Time from the first SIGKILL sent to the last.
+    pub spread: Duration,
+    /// Everything discarded, summed over the disks.
+    pub discarded: Discarded,
+    /// What each node's disk discarded.
+    pub per_node: BTreeMap<u64, Discarded>,
 }
 
 /// `(id, role)` of every member in a status.
@@ -806,6 +1032,8 @@ fn brief(all: &BTreeMap<u64, ClusterStatusResponse>) -> Vec<String> {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let panics = panics_in_logs(self.dir());
         if std::thread::panicking() {
             eprintln!(
                 "\n===== herald cluster in {} (test panicked) =====",
@@ -829,5 +1057,43 @@ impl Drop for Cluster {
         for node in self.nodes.values_mut() {
             let _ = node.kill();
         }
+        if !panics.is_empty() && !std::thread::panicking() {
+            let dir = self.dir.take().map(TempDir::keep);
+            panic!(
+                "{} panic(s) in the cluster's process logs (kept in {dir:?}):\n{}",
+                panics.len(),
+                panics.join("\n")
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_any_node_or_edge_log_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("node-1.log"),
+            "INFO started\nINFO leader 1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("edge-101.log"),
+            "INFO linked\nthread 'tokio-runtime-worker' panicked at edge/src/hub.rs:1:1:\nboom\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("policy.toml"), "panicked = true\n").unwrap();
+        assert_eq!(
+            panics_in_logs(dir.path()),
+            vec![
+                "edge-101.log: thread 'tokio-runtime-worker' panicked at edge/src/hub.rs:1:1:"
+                    .to_string()
+            ]
+        );
+        std::fs::write(dir.path().join("edge-101.log"), "INFO linked\n").unwrap();
+        assert_eq!(panics_in_logs(dir.path()), Vec::<String>::new());
     }
 }

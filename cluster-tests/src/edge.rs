@@ -17,7 +17,7 @@ use crate::process::{NodeLaunch, NodeProc};
 use crate::{Cluster, binary};
 
 /// The HS256 secret harness edges verify client tokens with.
-pub const EDGE_JWT_SECRET: &str = "herald-harness-edge-secret";
+pub const EDGE_JWT_SECRET: &str = "herald-harness-edge-secret-32-bytes-or-more";
 
 /// A token for `user` allowing subscribe, publish, history and presence on
 /// every channel, valid for a day.

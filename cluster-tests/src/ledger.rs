@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Cluster;
+use crate::client::PublishFailure;
 use herald_proto::v1::{HistoryResponse, PublishRequest, PublishResponse};
 
 /// An acknowledged publish as the publisher saw it.
@@ -32,6 +33,9 @@ pub struct Ledger {
     sent: BTreeMap<u64, String>,
     acked: BTreeMap<u64, Ack>,
     failed: BTreeMap<u64, String>,
+    /// Failures the protocol does not call safe to retry (a final answer,
+    /// or a call broken by a node that was still there): never re-sent.
+    final_failures: BTreeSet<u64>,
     /// Acknowledgements flagged `duplicate` (a retry found the original).
     pub duplicates: u64,
 }
@@ -84,6 +88,27 @@ impl Ledger {
     /// Note that publication `id` was never acknowledged.
     pub fn failed(&mut self, id: u64, why: String) {
         self.failed.insert(id, why);
+    }
+
+    /// Note how the publisher gave up on publication `id`: when the outcome
+    /// is unknown ([`PublishFailure::outcome_unknown`]) it may be re-sent
+    /// with its key once faults heal ([`Ledger::retryable`]); otherwise the
+    /// failure is final, and stays a violation.
+    pub fn record_failure(&mut self, id: u64, failure: &PublishFailure) {
+        if !failure.outcome_unknown() {
+            self.final_failures.insert(id);
+        }
+        self.failed(id, failure.to_string());
+    }
+
+    /// Publications never acknowledged whose outcome is unknown, with
+    /// their channels: what a careful publisher re-sends with the same
+    /// idempotency key once the faults healed.
+    pub fn retryable(&self) -> Vec<(u64, String)> {
+        self.unacknowledged()
+            .into_iter()
+            .filter(|(id, _)| !self.final_failures.contains(id))
+            .collect()
     }
 
     /// How many publications were acknowledged.
@@ -144,6 +169,53 @@ impl Ledger {
     /// Every channel that was sent to.
     pub fn channels(&self) -> BTreeSet<String> {
         self.sent.values().cloned().collect()
+    }
+
+    /// A restore from a backup rewound history: the acknowledgements of
+    /// `ids` (publications acknowledged after the backup was taken) no
+    /// longer hold. They stay sent, so a node holding one is not flagged
+    /// as holding a publication never sent; whether they are gone is the
+    /// scenario's to check.
+    pub fn forget_acks(&mut self, ids: impl IntoIterator<Item = u64>) {
+        for id in ids {
+            self.acked.remove(&id);
+        }
+    }
+
+    /// A recovery or a restore gave channels new epochs (`changes`:
+    /// channel -> (old, new)); offsets and history carried on. Carry every
+    /// acknowledgement in a channel's old epoch into its new one, so that
+    /// [`Ledger::check_channel`] checks the publication at its offset in the
+    /// new epoch. Returns a violation for every change that kept its epoch,
+    /// and for every acknowledgement of a changed channel in neither epoch
+    /// (an epoch that came from nowhere, or a second change).
+    pub fn carry_over_epochs(
+        &mut self,
+        changes: &BTreeMap<String, (String, String)>,
+    ) -> Vec<String> {
+        let mut bad = Vec::new();
+        for (channel, (old, new)) in changes {
+            if old == new {
+                bad.push(format!("{channel}: epoch {old:?} did not change"));
+            }
+        }
+        for (id, ack) in &mut self.acked {
+            let Some(channel) = self.sent.get(id) else {
+                continue;
+            };
+            let Some((old, new)) = changes.get(channel) else {
+                continue;
+            };
+            if ack.epoch == *old {
+                ack.epoch = new.clone();
+            } else if ack.epoch != *new {
+                bad.push(format!(
+                    "{channel}: id {id} acknowledged in epoch {:?}, neither the old {old:?} nor the new {new:?}",
+                    ack.epoch
+                ));
+            }
+        }
+        bad
     }
 
     /// Check one node's full history of `channel` against the ledger and
@@ -408,4 +480,78 @@ pub fn assert_all_acknowledged(ledger: &Ledger) {
         failed, 0,
         "publishes never acknowledged (id, last error): {examples:#?}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(ledger: &mut Ledger, id: u64, channel: &str, offset: u64, epoch: &str) {
+        ledger.sent(id, channel);
+        ledger.acked(
+            id,
+            &PublishResponse {
+                offset,
+                epoch: epoch.into(),
+                ..Default::default()
+            },
+        );
+    }
+
+    fn changes(list: &[(&str, &str, &str)]) -> BTreeMap<String, (String, String)> {
+        list.iter()
+            .map(|(c, o, n)| (c.to_string(), (o.to_string(), n.to_string())))
+            .collect()
+    }
+
+    /// The planted bug: a publish refused for good (or broken by a live
+    /// node) would pass if re-sent after healing; it stays a failure.
+    #[test]
+    fn final_failures_are_never_offered_for_a_retry() {
+        use tonic::Status;
+        let mut ledger = Ledger::default();
+        for id in 1..=3 {
+            ledger.sent(id, "c");
+        }
+        let failure = |last: Status, timed_out| PublishFailure {
+            last,
+            attempts: 1,
+            timed_out,
+        };
+        ledger.record_failure(1, &failure(Status::unavailable("no leader"), true));
+        ledger.record_failure(2, &failure(Status::unknown("stream reset"), false));
+        assert_eq!(
+            ledger.retryable(),
+            vec![(1, "c".to_string()), (3, "c".to_string())]
+        );
+        assert_eq!(ledger.failures().0, 2);
+    }
+
+    #[test]
+    fn acknowledgements_in_the_old_epoch_are_carried_into_the_new() {
+        let mut ledger = Ledger::default();
+        ack(&mut ledger, 1, "a", 1, "old");
+        ack(&mut ledger, 2, "a", 2, "new");
+        ack(&mut ledger, 3, "b", 1, "other");
+        let bad = ledger.carry_over_epochs(&changes(&[("a", "old", "new")]));
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(ledger.ack(1).unwrap().epoch, "new");
+        assert_eq!(ledger.ack(3).unwrap().epoch, "other");
+    }
+
+    /// The planted bugs: an epoch that did not change, and an
+    /// acknowledgement in a third epoch (a second, unexplained change).
+    #[test]
+    fn unchanged_and_unexplained_epochs_are_caught() {
+        let mut ledger = Ledger::default();
+        ack(&mut ledger, 1, "a", 1, "old");
+        ack(&mut ledger, 2, "a", 2, "third");
+        let bad = ledger.carry_over_epochs(&changes(&[("a", "old", "new"), ("b", "x", "x")]));
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad.iter().any(|v| v.contains("\"x\" did not change")));
+        assert!(
+            bad.iter()
+                .any(|v| v.contains("id 2") && v.contains("third"))
+        );
+    }
 }

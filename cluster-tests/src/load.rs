@@ -103,7 +103,7 @@ impl Load {
                                 ledger.lock().unwrap().acked(id, &resp);
                                 acked.fetch_add(1, Ordering::SeqCst);
                             }
-                            Err(failure) => ledger.lock().unwrap().failed(id, failure.to_string()),
+                            Err(failure) => ledger.lock().unwrap().record_failure(id, &failure),
                         }
                         done.fetch_add(1, Ordering::SeqCst);
                         if !spec.pace.is_zero() {

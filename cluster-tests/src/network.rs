@@ -40,6 +40,7 @@ use std::sync::{Mutex, OnceLock};
 use anyhow::{Context, anyhow, bail};
 use nix::sched::{CloneFlags, setns};
 
+pub use netem::Effect;
 pub use netem::Impairment;
 use netem::{Emulator, QUEUE};
 
@@ -433,6 +434,28 @@ impl Network {
         Ok(())
     }
 
+    /// Why host `id`'s impairment cannot be said to have taken effect so
+    /// far (empty: its emulator runs and dropped and delayed packets as
+    /// asked), with the emulator's counters. Check before healing it.
+    pub fn netem_problems(&self, id: u64) -> (Vec<String>, Effect) {
+        let faults = self.faults();
+        match faults.emulators.get(&id) {
+            None => (
+                vec![format!("host {id} has no impairment in force")],
+                Effect::default(),
+            ),
+            Some(emulator) => {
+                let effect = emulator.effect();
+                let problems = effect
+                    .problems(&emulator.impairment())
+                    .into_iter()
+                    .map(|p| format!("netem on host {id}: {p}"))
+                    .collect();
+                (problems, effect)
+            }
+        }
+    }
+
     /// Hosts with an impairment in force.
     pub fn impaired(&self) -> Vec<u64> {
         self.faults().emulators.keys().copied().collect()
@@ -577,8 +600,11 @@ mod tests {
 
     #[test]
     fn partitions_one_way_cuts_and_netem_hold_and_heal() {
-        if let Err(why) = Network::available() {
-            eprintln!("SKIPPED network self-test: {why}");
+        if !crate::machine::require(
+            "network self-test",
+            crate::machine::Capability::Network,
+            Network::available(),
+        ) {
             return;
         }
         let mut net = Network::create().unwrap();

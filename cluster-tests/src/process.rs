@@ -225,6 +225,16 @@ impl NodeProc {
         Ok(())
     }
 
+    /// SIGKILL without waiting for the process to exit, so several nodes
+    /// can be killed within microseconds of each other; [`NodeProc::kill`]
+    /// then reaps it.
+    pub fn send_kill(&mut self) -> io::Result<()> {
+        match &mut self.child {
+            None => Err(io::Error::other(format!("node {} is not running", self.id))),
+            Some(child) => child.kill(),
+        }
+    }
+
     /// SIGTERM, then wait for the process to exit on its own. After `grace`
     /// the process is killed and an error returned: a node that ignores
     /// SIGTERM is a bug the caller should see.

@@ -11,6 +11,9 @@
 //! (unless the edge said `recovered: false`, which is recorded and counted),
 //! every publication is one that was sent to that channel at the offset its
 //! publisher was told, and the subscriber reached every acknowledged one.
+//! What was delivered is tracked apart from what replies claimed: a
+//! `recovered: true` reply at offset N must be followed by the publications
+//! up to N, even when no later publication arrives to reveal the gap.
 //!
 //! [`Tuning::crowd`] makes a subscriber cheap enough to run ten thousand in
 //! one process (small read buffer) and makes a crowd of them reconnect the
@@ -143,6 +146,28 @@ impl Record {
             advance(&mut pos, e);
         }
         pos.map(|(epoch, offset)| (epoch.to_string(), offset))
+    }
+
+    /// How far the client really got on `channel`: the offset of the last
+    /// publication it was handed, or of a subscribe reply that restarted the
+    /// stream (a fresh subscribe, or `recovered: false`), whichever is
+    /// later. Unlike [`Record::position`], a `recovered: true` reply does
+    /// not move it: the reply only claims a position, the publications
+    /// recovered up to it must actually arrive.
+    pub fn delivered(&self, channel: &str) -> Option<u64> {
+        let mut delivered = None;
+        for e in self.channels.get(channel)? {
+            let moved_to = match e {
+                Event::Subscribed {
+                    recovering: true,
+                    recovered: true,
+                    ..
+                } => continue,
+                Event::Subscribed { offset, .. } | Event::Publication { offset, .. } => *offset,
+            };
+            delivered = Some(delivered.map_or(moved_to, |d: u64| d.max(moved_to)));
+        }
+        delivered
     }
 
     /// Publications received on every channel (recovered ones included).
@@ -619,7 +644,31 @@ pub fn check_subscriber(ledger: &Ledger, record: &Record) -> Vec<String> {
                 }
             }
         }
-        let reached = record.position(channel).map_or(0, |p| p.1);
+        // A `recovered: true` reply claims the stream is whole up to its
+        // offset; a later publication shows a gap behind it, but when none
+        // follows, only comparing the claim with what was delivered does.
+        let reached = record.delivered(channel).unwrap_or(0);
+        let claimed = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Subscribed {
+                    offset,
+                    recovering: true,
+                    recovered: true,
+                    ..
+                } => Some(*offset),
+                _ => None,
+            })
+            .max();
+        if let Some(claimed) = claimed
+            && claimed > reached
+        {
+            violations.push(format!(
+                "{who}: tail gap, a recovered: true reply claimed offset {claimed} but \
+                 offsets {}..={claimed} were never delivered",
+                reached + 1
+            ));
+        }
         if let Some(newest) = ledger.newest_acked_offset(channel)
             && reached < newest
         {
@@ -799,6 +848,64 @@ mod tests {
         assert!(
             v.iter().any(|m| m.contains("but 5 was acknowledged")),
             "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_recovered_reply_claiming_publications_it_never_delivered_is_a_tail_gap() {
+        let mut ledger = Ledger::default();
+        for i in 1..=3 {
+            ack(&mut ledger, 100 + i, "c", i);
+        }
+        // The edge answers the resume `recovered: true` at offset 3 but hands
+        // over nothing, and no later publication arrives on the channel.
+        let r = record(vec![sub(0, false, false), publ(1, 101), sub(3, true, true)]);
+        assert_eq!(
+            r.position("c"),
+            Some(("e".into(), 3)),
+            "the claim moves the position"
+        );
+        assert_eq!(r.delivered("c"), Some(1), "but not what was delivered");
+        let v = check_subscriber(&ledger, &r);
+        assert!(
+            v.iter()
+                .any(|m| m.contains("tail gap") && m.contains("offsets 2..=3")),
+            "{v:?}"
+        );
+        assert!(v.iter().any(|m| m.contains("reached offset 1")), "{v:?}");
+        // The same resume with the recovered publications in it passes.
+        let whole = record(vec![
+            sub(0, false, false),
+            publ(1, 101),
+            sub(3, true, true),
+            publ(2, 102),
+            publ(3, 103),
+        ]);
+        assert_eq!(check_subscriber(&ledger, &whole), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_planted_gap_and_a_planted_duplicate_are_each_caught_alone() {
+        let mut ledger = Ledger::default();
+        for i in 1..=3 {
+            ack(&mut ledger, 100 + i, "c", i);
+        }
+        let gap = record(vec![sub(0, false, false), publ(1, 101), publ(3, 103)]);
+        assert_eq!(
+            check_subscriber(&ledger, &gap),
+            vec!["subscriber s c: gap, offsets 2..=2 never delivered".to_string()]
+        );
+        let duplicate = record(vec![
+            sub(0, false, false),
+            publ(1, 101),
+            publ(2, 102),
+            sub(2, true, true),
+            publ(2, 102),
+            publ(3, 103),
+        ]);
+        assert_eq!(
+            check_subscriber(&ledger, &duplicate),
+            vec!["subscriber s c: offset 2 after 2 (duplicate or reordered)".to_string()]
         );
     }
 

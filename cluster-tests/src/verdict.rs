@@ -85,11 +85,21 @@ impl Verdict {
         self.violations.is_empty()
     }
 
-    /// Print the one-line verdict, then fail the test with the first
-    /// violations if there are any.
+    /// Scan the running cluster's node and edge logs for panics (each a
+    /// violation, counted as `panics=N` on the line), print the one-line
+    /// verdict, then fail the test with the first violations if there are
+    /// any.
     pub fn conclude(self) {
-        announce(&self);
-        assert_no_violations(&self.scenario, &self.violations);
+        let panics = crate::cluster::logged_panics();
+        let mut verdict = self.fact("panics", panics.len());
+        verdict.violations.extend(panics);
+        announce(&verdict);
+        let Self {
+            scenario,
+            violations,
+            ..
+        } = verdict;
+        assert_no_violations(&scenario, &violations);
     }
 }
 

@@ -188,6 +188,10 @@ struct ConnectionClaims {
     exp: Option<i64>,
     #[serde(default)]
     caps: Vec<CapClaim>,
+    /// Only subscription tokens carry it: its presence marks a token that
+    /// must never open a connection.
+    #[serde(default)]
+    channel: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +225,11 @@ pub struct SubscriptionGrant {
     pub expires_at: Option<i64>,
 }
 
+/// Shortest HS256 secret accepted: a shorter one can be brute-forced from
+/// any token the edge accepted (RFC 7518 §3.2 asks for at least the hash
+/// size, 256 bits).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
 /// Verifies tokens against the configured keys.
 #[derive(Clone, Default)]
 pub struct Verifier {
@@ -230,6 +239,7 @@ pub struct Verifier {
     jwks: Vec<(Option<String>, Algorithm, DecodingKey)>,
     audience: Option<String>,
     issuer: Option<String>,
+    require_exp: bool,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -244,24 +254,31 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// Load keys. Errors name the flag whose key is at fault.
+    /// Load keys. Errors name the flag whose key is at fault. With
+    /// `require_exp`, tokens without an `exp` claim are refused.
     pub fn from_sources(
         hs256_secret: Option<&str>,
         public_key_file: Option<&Path>,
         jwks_file: Option<&Path>,
         audience: Option<String>,
         issuer: Option<String>,
+        require_exp: bool,
     ) -> Result<Self, (&'static str, AuthError)> {
         let mut v = Verifier {
             audience,
             issuer,
+            require_exp,
             ..Default::default()
         };
         if let Some(secret) = hs256_secret {
-            if secret.is_empty() {
+            if secret.len() < MIN_HS256_SECRET_BYTES {
                 return Err((
                     "jwt-hs256-secret",
-                    AuthError::KeyFile("empty secret".into()),
+                    AuthError::KeyFile(format!(
+                        "the secret has {} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES} \
+                         bytes (e.g. `openssl rand -hex 32`)",
+                        secret.len()
+                    )),
                 ));
             }
             v.hmac = Some(
@@ -366,6 +383,9 @@ impl Verifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = false;
+        if self.require_exp {
+            validation.required_spec_claims.insert("exp".into());
+        }
         if let Some(aud) = &self.audience {
             validation.set_audience(&[aud]);
             validation.validate_aud = true;
@@ -393,6 +413,11 @@ impl Verifier {
     /// Verify a connection token.
     pub fn connection(&self, token: &str) -> Result<Identity, AuthError> {
         let claims: ConnectionClaims = self.verify(token)?;
+        if claims.channel.is_some() {
+            return Err(AuthError::Malformed(
+                "a subscription token (it has a `channel` claim) is not a connection token".into(),
+            ));
+        }
         let mut rules = Vec::with_capacity(claims.caps.len());
         for c in claims.caps {
             let mut allow = 0;
@@ -436,23 +461,27 @@ impl Verifier {
 }
 
 /// The token an HTTP upgrade request carries, in order of precedence:
-/// `token` query parameter, the token cookie, `Authorization: Bearer`.
+/// `token` query parameter, the token cookie (`cookie_name`; `None` when
+/// the request comes from a page whose cookies must not authenticate it),
+/// `Authorization: Bearer`.
 pub fn token_from_request(
     query_token: Option<&str>,
     headers: &axum::http::HeaderMap,
-    cookie_name: &str,
+    cookie_name: Option<&str>,
 ) -> Option<String> {
     if let Some(t) = query_token.filter(|t| !t.is_empty()) {
         return Some(t.to_string());
     }
-    for value in headers.get_all(axum::http::header::COOKIE) {
-        let Ok(s) = value.to_str() else { continue };
-        for pair in s.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=')
-                && k == cookie_name
-                && !v.is_empty()
-            {
-                return Some(v.trim_matches('"').to_string());
+    if let Some(name) = cookie_name {
+        for value in headers.get_all(axum::http::header::COOKIE) {
+            let Ok(s) = value.to_str() else { continue };
+            for pair in s.split(';') {
+                if let Some((k, v)) = pair.trim().split_once('=')
+                    && k == name
+                    && !v.is_empty()
+                {
+                    return Some(v.trim_matches('"').to_string());
+                }
             }
         }
     }
@@ -483,8 +512,10 @@ mod tests {
         .unwrap()
     }
 
+    const SECRET: &str = "s3cret-s3cret-s3cret-s3cret-s3cret";
+
     fn verifier() -> Verifier {
-        Verifier::from_sources(Some("s3cret"), None, None, None, None).unwrap()
+        Verifier::from_sources(Some(SECRET), None, None, None, None, true).unwrap()
     }
 
     fn now() -> i64 {
@@ -510,7 +541,7 @@ mod tests {
                 {"channels": ["chat:*"], "match": "wildcard", "allow": ["sub", "pub"]},
                 {"channels": ["news"], "allow": ["sub", "hst"]}
             ]}),
-            "s3cret",
+            SECRET,
         );
         let id = verifier().connection(&t).unwrap();
         assert_eq!(id.user, "u1");
@@ -531,11 +562,11 @@ mod tests {
             v.connection(&wrong),
             Err(AuthError::BadSignature(_))
         ));
-        let old = hs(json!({"sub": "u", "exp": now() - 10}), "s3cret");
+        let old = hs(json!({"sub": "u", "exp": now() - 10}), SECRET);
         assert!(matches!(v.connection(&old), Err(AuthError::Expired)));
         let bad_caps = hs(
-            json!({"sub": "u", "caps": [{"channels": ["x"], "allow": ["fly"]}]}),
-            "s3cret",
+            json!({"sub": "u", "exp": now() + 60, "caps": [{"channels": ["x"], "allow": ["fly"]}]}),
+            SECRET,
         );
         assert!(matches!(
             v.connection(&bad_caps),
@@ -544,22 +575,98 @@ mod tests {
     }
 
     #[test]
+    fn tokens_without_exp_are_refused_unless_allowed() {
+        let t = hs(json!({"sub": "u"}), SECRET);
+        assert!(matches!(
+            verifier().connection(&t),
+            Err(AuthError::Rejected(_))
+        ));
+        let sub = hs(json!({"sub": "u", "channel": "c"}), SECRET);
+        assert!(matches!(
+            verifier().subscription(&sub),
+            Err(AuthError::Rejected(_))
+        ));
+        let lax = Verifier::from_sources(Some(SECRET), None, None, None, None, false).unwrap();
+        assert_eq!(lax.connection(&t).unwrap().expires_at, None);
+        assert!(lax.subscription(&sub).is_ok());
+    }
+
+    #[test]
+    fn a_subscription_token_never_opens_a_connection() {
+        let t = hs(
+            json!({"sub": "u", "exp": now() + 60, "channel": "chat:1"}),
+            SECRET,
+        );
+        assert!(verifier().subscription(&t).is_ok());
+        assert!(matches!(
+            verifier().connection(&t),
+            Err(AuthError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn short_hs256_secrets_are_refused() {
+        for s in ["", "x", &"k".repeat(MIN_HS256_SECRET_BYTES - 1)] {
+            let (field, e) =
+                Verifier::from_sources(Some(s), None, None, None, None, true).unwrap_err();
+            assert_eq!(field, "jwt-hs256-secret");
+            assert!(e.to_string().contains("at least 32 bytes"), "{e}");
+        }
+        let ok = "k".repeat(MIN_HS256_SECRET_BYTES);
+        assert!(Verifier::from_sources(Some(&ok), None, None, None, None, true).is_ok());
+    }
+
+    #[test]
     fn token_sources() {
         let mut h = axum::http::HeaderMap::new();
         h.insert("cookie", "a=b; herald_token=tok1".parse().unwrap());
         h.insert("authorization", "Bearer tok2".parse().unwrap());
-        assert_eq!(
-            token_from_request(Some("q"), &h, "herald_token").unwrap(),
-            "q"
-        );
-        assert_eq!(
-            token_from_request(None, &h, "herald_token").unwrap(),
-            "tok1"
-        );
+        let cookie = Some("herald_token");
+        assert_eq!(token_from_request(Some("q"), &h, cookie).unwrap(), "q");
+        assert_eq!(token_from_request(None, &h, cookie).unwrap(), "tok1");
+        // A request whose cookies must not count: the header token only.
+        assert_eq!(token_from_request(None, &h, None).unwrap(), "tok2");
+        h.remove("authorization");
+        assert_eq!(token_from_request(None, &h, None), None);
         h.remove("cookie");
-        assert_eq!(
-            token_from_request(None, &h, "herald_token").unwrap(),
-            "tok2"
-        );
+        h.insert("authorization", "Bearer tok2".parse().unwrap());
+        assert_eq!(token_from_request(None, &h, cookie).unwrap(), "tok2");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_as_a_token_is_refused_as_documented(text in "\\PC{0,200}") {
+            match verifier().connection(&text) {
+                Ok(_) => proptest::prop_assert!(false, "accepted garbage"),
+                Err(AuthError::Missing) => proptest::prop_assert!(text.trim().is_empty()),
+                Err(AuthError::Malformed(_) | AuthError::BadSignature(_) | AuthError::Expired | AuthError::Rejected(_)) => {}
+                Err(e) => proptest::prop_assert!(false, "unexpected error {e:?}"),
+            }
+        }
+
+        #[test]
+        fn a_mutated_token_is_refused_or_still_says_exactly_the_same(
+            edits in proptest::collection::vec((proptest::num::usize::ANY, proptest::char::any()), 1..5),
+        ) {
+            let t = hs(json!({"sub": "u1", "exp": now() + 600,
+                "caps": [{"channels": ["chat:*"], "match": "wildcard", "allow": ["sub"]}]}), SECRET);
+            let mut chars: Vec<char> = t.chars().collect();
+            for (i, c) in edits {
+                let i = i % chars.len();
+                chars[i] = c;
+            }
+            let mutated: String = chars.into_iter().collect();
+            match verifier().connection(&mutated) {
+                // Base64 can spell the same bytes twice (unused low bits of
+                // the last character): then the claims are the signed ones.
+                Ok(id) => {
+                    proptest::prop_assert_eq!(id.user, "u1");
+                    proptest::prop_assert!(id.caps.allows(Action::Subscribe, "chat:x"));
+                    proptest::prop_assert!(!id.caps.allows(Action::Publish, "chat:x"));
+                }
+                Err(AuthError::Malformed(_) | AuthError::BadSignature(_) | AuthError::Expired | AuthError::Rejected(_)) => {}
+                Err(e) => proptest::prop_assert!(false, "unexpected error {e:?}"),
+            }
+        }
     }
 }

@@ -5,19 +5,21 @@
 //! bytes. Dropping a `Client` unsubscribes it everywhere and releases its
 //! registration, so no path out of a connection leaks a subscription.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Edge;
 use crate::auth::{Action, AuthError, Capabilities, Identity};
+use crate::budget::CommandBudget;
 use crate::channel::ChannelName;
 use crate::clients::Registration;
 use crate::hub::SubscriberId;
 use crate::outbox::{Item, Outbox};
-use crate::protocol::codes::{ClientError, Disconnect, UNSUBSCRIBE_EXPIRED};
+use crate::protocol::codes::{ClientError, Disconnect, UNSUBSCRIBE_EXPIRED, UNSUBSCRIBE_SERVER};
 use crate::protocol::format::{Format, ReplyBody};
 
 /// How long after a token's `exp` the edge waits for its refresh before
@@ -67,6 +69,11 @@ pub struct Client {
     pub format: Format,
     /// A connect was answered with an error (101, 109).
     pub connect_refused: bool,
+    /// Subscriptions allowed by a subscription token rather than the
+    /// connection token's capabilities (a `refresh` does not re-check them).
+    pub token_subscriptions: HashSet<ChannelName>,
+    budget: CommandBudget,
+    cluster_calls: Arc<Semaphore>,
     transport: Transport,
 }
 
@@ -91,6 +98,9 @@ impl Client {
             &h[16..20],
             &h[20..]
         );
+        let limits = &edge.settings.limits;
+        let budget = CommandBudget::new(limits.command_rate, limits.command_burst, Instant::now());
+        let cluster_calls = Arc::new(Semaphore::new(limits.cluster_calls));
         Self {
             edge,
             outbox,
@@ -101,6 +111,9 @@ impl Client {
             subscriptions: HashMap::new(),
             format,
             connect_refused: false,
+            token_subscriptions: HashSet::new(),
+            budget,
+            cluster_calls,
             transport,
         }
     }
@@ -143,6 +156,56 @@ impl Client {
             return None;
         }
         Some(channel)
+    }
+
+    /// Spend one command of the connection's budget; over it, the command
+    /// is answered with 111 and `false` returned.
+    pub fn within_budget(&mut self, id: u32) -> bool {
+        if self.budget.take(Instant::now()) {
+            return true;
+        }
+        metrics::counter!("herald_edge_commands_throttled_total", "reason" => "rate").increment(1);
+        self.error(id, &ClientError::TOO_MANY_REQUESTS);
+        false
+    }
+
+    /// A slot for one command that waits on the cluster (publish, history,
+    /// presence), held by its task until answered; when the connection
+    /// already has `--client-cluster-calls` in flight, the command is
+    /// answered with 111 and `None` returned.
+    pub fn cluster_call(&self, id: u32) -> Option<OwnedSemaphorePermit> {
+        match self.cluster_calls.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                metrics::counter!("herald_edge_commands_throttled_total", "reason" => "cluster_calls")
+                    .increment(1);
+                self.error(id, &ClientError::TOO_MANY_REQUESTS);
+                None
+            }
+        }
+    }
+
+    /// End every subscription the connection's (new) capabilities no
+    /// longer allow, after a `refresh` narrowed them: unsubscribe push 2000,
+    /// after which the SDK does not subscribe again. Subscriptions allowed
+    /// by a subscription token stand on that token and are kept.
+    pub fn revoke_disallowed(&mut self) {
+        let revoked: Vec<ChannelName> = self
+            .subscriptions
+            .keys()
+            .filter(|c| !self.token_subscriptions.contains(*c))
+            .filter(|c| !self.allows(Action::Subscribe, c))
+            .cloned()
+            .collect();
+        for channel in revoked {
+            metrics::counter!("herald_edge_subscriptions_revoked_total").increment(1);
+            self.forget(&channel);
+            self.send(self.format.unsubscribe_push(
+                &channel,
+                UNSUBSCRIBE_SERVER,
+                "permission revoked",
+            ));
+        }
     }
 
     /// Queue bytes for the client.
@@ -206,14 +269,12 @@ impl Client {
 
     /// Capabilities of anonymous clients.
     pub fn anonymous_caps(&self) -> Capabilities {
-        Capabilities::wildcard(
-            &self.edge.settings.anonymous_channels,
-            &[Action::Subscribe, Action::History],
-        )
+        anonymous_caps(&self.edge.settings)
     }
 
     /// Forget a subscription (it ended upstream).
     pub fn forget(&mut self, channel: &ChannelName) {
+        self.token_subscriptions.remove(channel);
         if self.subscriptions.remove(channel).is_some() {
             self.edge.hub.unsubscribe(channel, self.id());
             self.edge.presence.leave(channel, &self.client_id);
@@ -229,6 +290,7 @@ impl Client {
     /// The hub already removed this subscription (it failed, or the
     /// channel was lost upstream): forget it here too.
     pub fn dropped(&mut self, channel: &ChannelName) {
+        self.token_subscriptions.remove(channel);
         if self.subscriptions.remove(channel).is_some() {
             self.edge.presence.leave(channel, &self.client_id);
         }
@@ -245,6 +307,18 @@ impl Drop for Client {
         metrics::gauge!("herald_edge_connections", "transport" => self.transport.label())
             .decrement(1.0);
     }
+}
+
+/// What anonymous clients may do: subscribe to `--anonymous-channels`
+/// (none by default), and read their history with `--anonymous-history`;
+/// never publish or query presence.
+pub fn anonymous_caps(settings: &crate::config::Settings) -> Capabilities {
+    let actions: &[Action] = if settings.anonymous_history {
+        &[Action::Subscribe, Action::History]
+    } else {
+        &[Action::Subscribe]
+    };
+    Capabilities::wildcard(&settings.anonymous_channels, actions)
 }
 
 /// Seconds since the Unix epoch.

@@ -33,7 +33,7 @@ pub struct Config {
     /// API key the edge presents to the nodes: an `edge` key of a
     /// plaintext (development) cluster. With `--tls-cert` the certificate
     /// is the credential instead.
-    #[arg(long, env = "HERALD_API_KEY")]
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// PEM file of the cluster CA: link to the nodes over TLS (`https://`),
     /// trusting only it. Required when a node is given as `https://`.
@@ -49,8 +49,8 @@ pub struct Config {
     /// The DNS name node certificates carry.
     #[arg(long, env = "HERALD_TLS_SERVER_NAME", default_value = "herald-node")]
     pub tls_server_name: String,
-    /// HMAC secret for HS256 client tokens.
-    #[arg(long, env = "HERALD_JWT_HS256_SECRET")]
+    /// HMAC secret for HS256 client tokens, at least 32 bytes.
+    #[arg(long, env = "HERALD_JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: Option<String>,
     /// PEM public key (RSA for RS256 or EC P-256 for ES256) for client tokens.
     #[arg(long, env = "HERALD_JWT_PUBLIC_KEY_FILE")]
@@ -64,27 +64,30 @@ pub struct Config {
     /// Expected `iss` claim, when set.
     #[arg(long, env = "HERALD_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+    /// Accept tokens without an `exp` claim (they never expire). Off by
+    /// default: a token without `exp` is refused (disconnect 3500).
+    #[arg(long, env = "HERALD_JWT_ALLOW_NO_EXP")]
+    pub jwt_allow_no_exp: bool,
     /// Cookie that may carry the connection token.
     #[arg(long, env = "HERALD_TOKEN_COOKIE", default_value = "herald_token")]
     pub token_cookie: String,
     /// Origins allowed to open connections (`https://app.example.com`);
-    /// `*` allows any. Requests without an `Origin` header (non-browser
-    /// clients) are always allowed. Default: only requests without one and
-    /// same-host origins.
+    /// `*` allows any, but the token cookie is then still read only from
+    /// requests without an `Origin`, same-host or listed origins. Requests
+    /// without an `Origin` header (non-browser clients) are always
+    /// allowed. Default: only requests without one and same-host origins.
     #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Accept connections without a token.
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
     /// Channel patterns (`*` wildcard) anonymous clients may subscribe to
-    /// and read history of.
-    #[arg(
-        long,
-        env = "HERALD_ANONYMOUS_CHANNELS",
-        value_delimiter = ',',
-        default_value = "*"
-    )]
+    /// (none unless listed).
+    #[arg(long, env = "HERALD_ANONYMOUS_CHANNELS", value_delimiter = ',')]
     pub anonymous_channels: Vec<String>,
+    /// Let anonymous clients also read the history of their channels.
+    #[arg(long, env = "HERALD_ANONYMOUS_HISTORY")]
+    pub anonymous_history: bool,
     /// Bytes queued towards one client before it is disconnected as a slow
     /// consumer (code 3008).
     #[arg(long, env = "HERALD_CLIENT_QUEUE_BYTES", default_value_t = 1024 * 1024)]
@@ -92,6 +95,17 @@ pub struct Config {
     /// Largest WebSocket message (and frame) accepted from a client.
     #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
+    /// Commands one connection may send per second, on average; beyond it
+    /// (and its burst) each command is answered with error 111.
+    #[arg(long, env = "HERALD_CLIENT_COMMAND_RATE", default_value_t = 100)]
+    pub client_command_rate: u32,
+    /// Commands a connection may send at once above its rate.
+    #[arg(long, env = "HERALD_CLIENT_COMMAND_BURST", default_value_t = 200)]
+    pub client_command_burst: u32,
+    /// Commands of one connection waiting on the cluster at once (publish,
+    /// history, presence); beyond it error 111.
+    #[arg(long, env = "HERALD_CLIENT_CLUSTER_CALLS", default_value_t = 16)]
+    pub client_cluster_calls: usize,
     /// Channels one connection may subscribe to.
     #[arg(
         long,
@@ -119,6 +133,15 @@ pub struct Config {
     /// Seconds a client has to send its connect command.
     #[arg(long, env = "HERALD_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
     pub connect_timeout_secs: u64,
+    /// Seconds a client has to send a whole HTTP request head (the
+    /// upgrade or SSE request) after connecting or after its previous
+    /// request; then the socket is closed.
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a write to a client socket (WebSocket or SSE) may stay
+    /// blocked (a peer that stopped reading) before the socket is closed.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_SECS", default_value_t = 10)]
+    pub write_timeout_secs: u64,
     /// Seconds a stopping edge waits for its clients to leave.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
     pub shutdown_grace_secs: u64,
@@ -176,6 +199,16 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// See [`Config::connect_timeout_secs`].
     pub connect_timeout: Duration,
+    /// See [`Config::client_command_rate`].
+    pub command_rate: u32,
+    /// See [`Config::client_command_burst`].
+    pub command_burst: u32,
+    /// See [`Config::client_cluster_calls`].
+    pub cluster_calls: usize,
+    /// See [`Config::header_read_timeout_secs`].
+    pub header_read_timeout: Duration,
+    /// See [`Config::write_timeout_secs`].
+    pub write_timeout: Duration,
 }
 
 /// Origin policy against cross-site WebSocket hijacking.
@@ -212,6 +245,8 @@ pub struct Settings {
     pub allow_anonymous: bool,
     /// See [`Config::anonymous_channels`].
     pub anonymous_channels: Vec<String>,
+    /// See [`Config::anonymous_history`].
+    pub anonymous_history: bool,
     /// Limits.
     pub limits: Limits,
     /// See [`Config::shutdown_grace_secs`].
@@ -274,6 +309,7 @@ impl Config {
             self.jwks_file.as_deref(),
             self.jwt_audience.clone(),
             self.jwt_issuer.clone(),
+            !self.jwt_allow_no_exp,
         )
         .map_err(|(field, source)| ConfigError::Key { field, source })?;
         if verifier.is_empty() && !self.allow_anonymous {
@@ -328,6 +364,21 @@ impl Config {
         if self.connect_timeout_secs == 0 {
             return Err(invalid("connect-timeout-secs", "must be at least 1"));
         }
+        if self.client_command_rate == 0 {
+            return Err(invalid("client-command-rate", "must be at least 1"));
+        }
+        if self.client_command_burst == 0 {
+            return Err(invalid("client-command-burst", "must be at least 1"));
+        }
+        if self.client_cluster_calls == 0 {
+            return Err(invalid("client-cluster-calls", "must be at least 1"));
+        }
+        if self.header_read_timeout_secs == 0 {
+            return Err(invalid("header-read-timeout-secs", "must be at least 1"));
+        }
+        if self.write_timeout_secs == 0 {
+            return Err(invalid("write-timeout-secs", "must be at least 1"));
+        }
         if self.listen == self.http_listen && self.listen.port() != 0 {
             return Err(invalid("http-listen", "must differ from --listen"));
         }
@@ -341,7 +392,13 @@ impl Config {
             token_cookie: self.token_cookie.clone(),
             origins,
             allow_anonymous: self.allow_anonymous,
-            anonymous_channels: self.anonymous_channels.clone(),
+            anonymous_channels: self
+                .anonymous_channels
+                .iter()
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            anonymous_history: self.anonymous_history,
             limits: Limits {
                 client_queue_bytes: self.client_queue_bytes,
                 max_message_bytes: self.max_message_bytes,
@@ -352,6 +409,11 @@ impl Config {
                 recover_max: self.recover_max,
                 ping_interval: Duration::from_secs(self.ping_interval_secs),
                 connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+                command_rate: self.client_command_rate,
+                command_burst: self.client_command_burst,
+                cluster_calls: self.client_cluster_calls,
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+                write_timeout: Duration::from_secs(self.write_timeout_secs),
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         })
@@ -436,7 +498,7 @@ mod tests {
             "--nodes",
             "127.0.0.1:7000,127.0.0.1:7001",
             "--jwt-hs256-secret",
-            "s",
+            "0123456789abcdef0123456789abcdef",
         ])
         .validate()
         .unwrap();
@@ -445,6 +507,38 @@ mod tests {
             vec!["http://127.0.0.1:7000", "http://127.0.0.1:7001"]
         );
         assert_eq!(s.limits.client_queue_bytes, 1 << 20);
+        // Safe defaults: anonymous clients get no channel, no history.
+        assert!(s.anonymous_channels.is_empty());
+        assert!(!s.anonymous_history);
+    }
+
+    #[test]
+    fn a_short_hs256_secret_is_refused_at_start() {
+        let c = parse(&["--nodes", "a:1", "--jwt-hs256-secret", "too-short"]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("--jwt-hs256-secret"), "{e}");
+        assert!(e.contains("32 bytes"), "{e}");
+    }
+
+    #[test]
+    fn help_never_prints_secrets_from_the_environment() {
+        use clap::CommandFactory;
+        let cmd = Config::command();
+        let secrets: Vec<_> = cmd
+            .get_arguments()
+            .filter(|a| {
+                let id = a.get_id().as_str();
+                id == "api_key" || id.contains("secret")
+            })
+            .collect();
+        assert_eq!(secrets.len(), 2);
+        for a in secrets {
+            assert!(
+                a.is_hide_env_values_set(),
+                "--help would print the value of {:?}",
+                a.get_env()
+            );
+        }
     }
 
     #[test]

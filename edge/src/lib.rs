@@ -8,8 +8,10 @@
 //! [`hub`] (channel → local subscribers, encode once), [`outbox`] (one
 //! client's bounded queue), [`protocol`] (the client protocol: framing,
 //! codes, one file per command), [`client`] (one connection's state),
-//! [`ws`] and [`sse`] (the transports), [`clients`] (every connection, for
-//! limits and shutdown), [`http`] (metrics and health).
+//! [`ws`] and [`sse`] (the transports), [`server`] (the client listener's
+//! socket deadlines), [`budget`] (commands per connection), [`clients`]
+//! (every connection, for limits and shutdown), [`http`] (metrics and
+//! health).
 //!
 //! [`run`] is the whole edge given bound listeners and a shutdown signal,
 //! so tests start one on `127.0.0.1:0` in a line; `main.rs` only parses
@@ -17,15 +19,18 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod budget;
 pub mod channel;
 pub mod client;
 pub mod clients;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
+pub mod server;
 pub mod shutdown;
 pub mod sse;
 pub mod upstream;
@@ -95,7 +100,7 @@ pub async fn run(
     let presence = presence::Presence::new(link_tx.clone(), upstream.clone());
     let hub = Hub::new(
         link_tx,
-        Arc::new(upstream.clone()),
+        Arc::new(history::Paged(Arc::new(upstream.clone()))),
         settings.limits.recover_max,
     );
     let (trigger, stop) = shutdown::channel();
@@ -111,13 +116,17 @@ pub async fn run(
     let link = tokio::spawn(upstream.clone().run(hub, presence, link_rx, stop.clone()));
     let client_app = app(edge.clone());
     let http_app = http::router(edge.clone(), metrics);
-    let mut s1 = stop.clone();
+    let deadlines = server::Deadlines {
+        header_read: edge.settings.limits.header_read_timeout,
+        write: edge.settings.limits.write_timeout,
+    };
+    let client_server = tokio::spawn(server::serve(
+        listeners.client,
+        client_app,
+        deadlines,
+        stop.clone(),
+    ));
     let mut s2 = stop.clone();
-    let client_server = tokio::spawn(async move {
-        axum::serve(listeners.client, client_app)
-            .with_graceful_shutdown(async move { s1.recv().await })
-            .await
-    });
     let http_server = tokio::spawn(async move {
         axum::serve(listeners.http, http_app)
             .with_graceful_shutdown(async move { s2.recv().await })

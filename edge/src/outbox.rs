@@ -6,7 +6,8 @@
 //! everything queued in one go and writes it with a single flush. When a
 //! push would take the queue past its byte limit, the queue closes itself
 //! with the slow-consumer disconnect (3008) instead of growing: memory per
-//! client is bounded (guarantee 4) and the client resumes by recovery.
+//! client is bounded (guarantee 4) and the client resumes by recovery. A
+//! single item over the whole limit is taken only into an empty queue.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -102,7 +103,11 @@ impl Outbox {
         if s.closed.is_some() {
             return Err(Closed);
         }
-        if s.bytes + size > self.limit {
+        // One item larger than the whole limit (a recovery answer carrying
+        // a large backlog) is still accepted when nothing else is queued:
+        // it is bounded by `--recover-max`, and refusing it would make the
+        // client reconnect into the same refusal forever.
+        if s.bytes + size > self.limit && !(s.bytes == 0 && s.queue.is_empty()) {
             s.closed = Some(Disconnect::SLOW);
             s.queue.clear();
             s.bytes = 0;
@@ -172,6 +177,19 @@ mod tests {
         let mut out = vec![];
         assert_eq!(o.next(&mut out).await, Err(Disconnect::SLOW));
         assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_item_over_the_limit_fits_only_an_empty_queue() {
+        let o = Outbox::new(4);
+        o.push(Item::Frame(Bytes::from_static(b"123456"))).unwrap();
+        assert_eq!(o.push(Item::Frame(Bytes::from_static(b"1"))), Err(Closed));
+        let o = Outbox::new(4);
+        o.push(Item::Frame(Bytes::from_static(b"1"))).unwrap();
+        assert_eq!(
+            o.push(Item::Frame(Bytes::from_static(b"123456"))),
+            Err(Closed)
+        );
     }
 
     #[tokio::test]

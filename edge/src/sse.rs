@@ -62,6 +62,22 @@ pub fn parse_resume_token(s: &str) -> Option<BTreeMap<ChannelName, Position>> {
         .collect()
 }
 
+/// Write `data` as `data:` lines. Event data is JSON without raw line
+/// breaks (payloads are compacted when encoded); should one still hold CR
+/// or LF, each line gets its own `data:` field, which EventSource joins
+/// with LF: whitespace between JSON tokens, so the value is unchanged and
+/// the stream can never be split into a bogus event.
+fn data_lines(out: &mut Vec<u8>, data: &[u8]) {
+    for line in data
+        .split(|&b| b == b'\n')
+        .flat_map(|l| l.split(|&b| b == b'\r'))
+    {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+}
+
 fn refuse(status: StatusCode, e: &ClientError) -> Refusal {
     Refusal::new(status, e.code, e.message.clone())
 }
@@ -72,10 +88,7 @@ fn identity(edge: &Edge, token: Option<String>) -> Result<Identity, Refusal> {
             return Ok(Identity {
                 user: String::new(),
                 expires_at: None,
-                caps: crate::auth::Capabilities::wildcard(
-                    &edge.settings.anonymous_channels,
-                    &[Action::Subscribe, Action::History],
-                ),
+                caps: crate::client::anonymous_caps(&edge.settings),
             });
         }
         metrics::counter!("herald_edge_auth_failures_total", "reason" => "missing").increment(1);
@@ -104,20 +117,38 @@ pub async fn stream(
     Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = crate::ws::admit(&edge, &headers) {
-        return r.into_response();
-    }
+    let trust = match crate::ws::admit(&edge, &headers) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
     let query_token = params
         .iter()
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.as_str());
-    let token = token_from_request(query_token, &headers, &edge.settings.token_cookie);
+    let token = token_from_request(
+        query_token,
+        &headers,
+        trust.cookie(&edge.settings.token_cookie),
+    );
     let identity = match identity(&edge, token) {
         Ok(i) => i,
         Err(r) => return r.into_response(),
     };
+    // The limit is checked on the raw list, before any work per entry, and
+    // duplicates are dropped in linear time: a URL with thousands of
+    // `channel` parameters costs one count.
+    let max = edge.settings.limits.max_channels_per_connection;
+    let named = params.iter().filter(|(k, _)| k == "channel");
+    if named.clone().count() > max {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            &ClientError::LIMIT_EXCEEDED.with_message(format!("more than {max} channels")),
+        )
+        .into_response();
+    }
     let mut channels = Vec::new();
-    for (_, c) in params.iter().filter(|(k, _)| k == "channel") {
+    let mut seen = std::collections::HashSet::new();
+    for (_, c) in named {
         let Ok(ch) = ChannelName::new(c) else {
             return refuse(StatusCode::BAD_REQUEST, &ClientError::UNKNOWN_CHANNEL).into_response();
         };
@@ -126,11 +157,11 @@ pub async fn stream(
                 .increment(1);
             return refuse(StatusCode::FORBIDDEN, &ClientError::PERMISSION_DENIED).into_response();
         }
-        if !channels.contains(&ch) {
+        if seen.insert(ch.clone()) {
             channels.push(ch);
         }
     }
-    if channels.is_empty() || channels.len() > edge.settings.limits.max_channels_per_connection {
+    if channels.is_empty() {
         return refuse(
             StatusCode::BAD_REQUEST,
             &ClientError::BAD_REQUEST.with_message("give 1..max channel parameters"),
@@ -217,16 +248,25 @@ pub async fn stream(
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     // A browser hands a page on another origin (the app at app.example.com,
     // the edge at rt.example.com) the stream only if the response names
-    // that origin. `admit` has already checked it against the allow-list;
-    // credentials let `new EventSource(url, {withCredentials: true})` send
-    // the token cookie.
+    // that origin. A trusted origin (same host or listed) gets its name
+    // back with credentials, so `new EventSource(url, {withCredentials:
+    // true})` sends the token cookie. One admitted only by `*` gets `*`
+    // without credentials: it can read a stream it authenticated with a
+    // query token, and its cookies were not read (crate::ws::OriginTrust).
     if let Some(origin) = headers.get(header::ORIGIN) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
         h.insert(header::VARY, HeaderValue::from_static("origin"));
+        if trust == crate::ws::OriginTrust::Foreign {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        } else {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
     }
     resp
 }
@@ -250,16 +290,16 @@ impl Stream {
         }
         out.extend_from_slice(b"id: ");
         out.extend_from_slice(resume_token(&self.positions).as_bytes());
-        out.extend_from_slice(b"\ndata: ");
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\n\n");
+        out.push(b'\n');
+        data_lines(out, data);
+        out.push(b'\n');
     }
 
     fn disconnect(&mut self, out: &mut Vec<u8>, d: Disconnect) {
         let data = json!({"code": d.code, "reason": d.reason}).to_string();
-        out.extend_from_slice(b"event: disconnect\ndata: ");
-        out.extend_from_slice(data.as_bytes());
-        out.extend_from_slice(b"\n\n");
+        out.extend_from_slice(b"event: disconnect\n");
+        data_lines(out, data.as_bytes());
+        out.push(b'\n');
         self.done = true;
     }
 
@@ -358,6 +398,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn data_lines_never_hold_a_line_break() {
+        let mut out = Vec::new();
+        data_lines(&mut out, b"{\"a\":\r\n1,\r\"b\":2}");
+        assert_eq!(
+            out,
+            b"data: {\"a\":\ndata: \ndata: 1,\ndata: \"b\":2}\n".to_vec()
+        );
+        let mut out = Vec::new();
+        data_lines(&mut out, b"{}");
+        assert_eq!(out, b"data: {}\n".to_vec());
+    }
+
+    #[test]
     fn resume_token_round_trips() {
         let mut m = BTreeMap::new();
         m.insert(
@@ -371,5 +424,55 @@ mod tests {
         let t = resume_token(&m);
         assert_eq!(parse_resume_token(&t).unwrap(), m);
         assert!(parse_resume_token("garbage!").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn resume_tokens_round_trip(
+            positions in proptest::collection::btree_map(
+                "[a-z0-9_-]{1,20}(:[a-z0-9_-]{1,20})?",
+                ("[a-zA-Z0-9]{0,12}", proptest::num::u64::ANY),
+                0..6,
+            ),
+        ) {
+            let m: BTreeMap<ChannelName, Position> = positions
+                .into_iter()
+                .map(|(c, (e, o))| {
+                    (
+                        ChannelName::new(&c).unwrap(),
+                        Position { epoch: Epoch::new(&e), offset: Offset(o) },
+                    )
+                })
+                .collect();
+            proptest::prop_assert_eq!(parse_resume_token(&resume_token(&m)), Some(m));
+        }
+
+        #[test]
+        fn any_last_event_id_is_a_position_map_or_none(text in "\\PC{0,120}") {
+            if let Some(m) = parse_resume_token(&text) {
+                // Only valid channel names get through.
+                for c in m.keys() {
+                    proptest::prop_assert!(ChannelName::new(c.as_str()).is_ok());
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_resume_tokens_never_panic(
+            edits in proptest::collection::vec((proptest::num::usize::ANY, proptest::char::any()), 1..5),
+        ) {
+            let mut m = BTreeMap::new();
+            m.insert(
+                ChannelName::new("chat:a").unwrap(),
+                Position { epoch: Epoch::new("e1"), offset: Offset(5) },
+            );
+            let mut chars: Vec<char> = resume_token(&m).chars().collect();
+            for (i, c) in edits {
+                let i = i % chars.len();
+                chars[i] = c;
+            }
+            let mutated: String = chars.into_iter().collect();
+            let _ = parse_resume_token(&mutated);
+        }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use herald_proto::limits::MAX_MESSAGE_BYTES;
 use herald_proto::v1::edge_link_client::EdgeLinkClient;
 use herald_proto::v1::edge_message::Msg as EdgeMsg;
 use herald_proto::v1::node_message::Msg as NodeMsg;
@@ -121,7 +122,9 @@ impl Upstream {
             Some((_, ch)) if self.is_linked() => Ok(PublisherClient::with_interceptor(
                 ch.clone(),
                 self.key.clone(),
-            )),
+            )
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)),
             _ => Err(ClientError::INTERNAL
                 .with_message("no node reachable")
                 .temporary()),
@@ -248,7 +251,9 @@ impl Upstream {
             .connect()
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let mut client = EdgeLinkClient::with_interceptor(channel.clone(), self.key.clone());
+        let mut client = EdgeLinkClient::with_interceptor(channel.clone(), self.key.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel::<EdgeMessage>(OUTBOUND);
         let mut inbound = client
             .link(ReceiverStream::new(rx))

@@ -41,16 +41,39 @@ pub struct WsQuery {
     pub token: Option<String>,
 }
 
-/// Whether the request's `Origin` may open a connection: none (not a
-/// browser), the same host as the request, or one on the allow-list.
-pub fn origin_allowed(origins: &Origins, headers: &HeaderMap) -> bool {
+/// How a request's `Origin` was admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginTrust {
+    /// No `Origin`: not a page in a browser, so its cookies are its own.
+    Absent,
+    /// The request's own host, or an origin on `--allowed-origins`.
+    Trusted,
+    /// Admitted only by `--allowed-origins *`: a page on any site, to whose
+    /// requests the browser still attaches the edge's cookies. The token
+    /// cookie is never read for it (cross-site hijacking); a token in the
+    /// query, the connect command or a header still works.
+    Foreign,
+}
+
+impl OriginTrust {
+    /// The token cookie's name when the request may be authenticated by
+    /// it.
+    pub fn cookie(self, name: &str) -> Option<&str> {
+        (self != OriginTrust::Foreign).then_some(name)
+    }
+}
+
+/// How far the request's `Origin` is trusted; `None` when it may not open
+/// a connection at all.
+pub fn origin_trust(origins: &Origins, headers: &HeaderMap) -> Option<OriginTrust> {
     let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
-        return true;
+        return Some(OriginTrust::Absent);
     };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    let origin = origin
+        .to_str()
+        .ok()?
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
     if let Some(host) = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -60,17 +83,19 @@ pub fn origin_allowed(origins: &Origins, headers: &HeaderMap) -> bool {
             .strip_prefix("https://")
             .or_else(|| origin.strip_prefix("http://"));
         if bare == Some(host.as_str()) {
-            return true;
+            return Some(OriginTrust::Trusted);
         }
     }
     match origins {
-        Origins::Any => true,
-        Origins::List(list) => list.contains(&origin),
+        Origins::List(list) if list.contains(&origin) => Some(OriginTrust::Trusted),
+        Origins::List(_) => None,
+        Origins::Any => Some(OriginTrust::Foreign),
     }
 }
 
-/// Refusals before an upgrade, as HTTP responses.
-pub fn admit(edge: &Edge, headers: &HeaderMap) -> Result<(), Refusal> {
+/// Refusals before an upgrade, as HTTP responses; otherwise how far the
+/// request's origin is trusted.
+pub fn admit(edge: &Edge, headers: &HeaderMap) -> Result<OriginTrust, Refusal> {
     if edge.shutdown.is_shutdown() {
         let d = Disconnect::SHUTDOWN;
         return Err(Refusal::new(
@@ -79,7 +104,7 @@ pub fn admit(edge: &Edge, headers: &HeaderMap) -> Result<(), Refusal> {
             d.reason,
         ));
     }
-    if !origin_allowed(&edge.settings.origins, headers) {
+    let Some(trust) = origin_trust(&edge.settings.origins, headers) else {
         metrics::counter!("herald_edge_auth_failures_total", "reason" => "origin").increment(1);
         let e = ClientError::PERMISSION_DENIED;
         return Err(Refusal::new(
@@ -87,7 +112,7 @@ pub fn admit(edge: &Edge, headers: &HeaderMap) -> Result<(), Refusal> {
             e.code,
             "origin not allowed",
         ));
-    }
+    };
     if let Err(e) = edge.clients.check() {
         metrics::counter!("herald_edge_connections_refused_total").increment(1);
         let d = Disconnect::CONNECTION_LIMIT;
@@ -97,7 +122,7 @@ pub fn admit(edge: &Edge, headers: &HeaderMap) -> Result<(), Refusal> {
             e.to_string(),
         ));
     }
-    Ok(())
+    Ok(trust)
 }
 
 /// `GET /connection/websocket`.
@@ -107,10 +132,15 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Err(r) = admit(&edge, &headers) {
-        return r.into_response();
-    }
-    let token = token_from_request(q.token.as_deref(), &headers, &edge.settings.token_cookie);
+    let trust = match admit(&edge, &headers) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let token = token_from_request(
+        q.token.as_deref(),
+        &headers,
+        trust.cookie(&edge.settings.token_cookie),
+    );
     let max = edge.settings.limits.max_message_bytes;
     let ws = ws.protocols([PROTOBUF_SUBPROTOCOL]);
     let format = if ws.selected_protocol().is_some() {
@@ -334,4 +364,43 @@ async fn write(
     metrics::counter!("herald_edge_publications_sent_total", "transport" => "websocket")
         .increment(pubs);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("host", "rt.example.com".parse().unwrap());
+        if let Some(o) = origin {
+            h.insert("origin", o.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn cookies_count_only_for_origins_that_are_not_any_site() {
+        let any = Origins::Any;
+        let listed = Origins::List(vec!["https://app.example.com".into()]);
+        let t = |o: &Origins, origin| origin_trust(o, &headers(origin));
+        assert_eq!(t(&any, None), Some(OriginTrust::Absent));
+        assert_eq!(t(&listed, None), Some(OriginTrust::Absent));
+        assert_eq!(
+            t(&any, Some("https://rt.example.com")),
+            Some(OriginTrust::Trusted)
+        );
+        assert_eq!(
+            t(&listed, Some("https://App.example.com/")),
+            Some(OriginTrust::Trusted)
+        );
+        assert_eq!(t(&listed, Some("https://evil.example")), None);
+        let foreign = t(&any, Some("https://evil.example"));
+        assert_eq!(foreign, Some(OriginTrust::Foreign));
+        assert_eq!(foreign.unwrap().cookie("herald_token"), None);
+        assert_eq!(
+            OriginTrust::Trusted.cookie("herald_token"),
+            Some("herald_token")
+        );
+    }
 }

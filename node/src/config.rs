@@ -26,7 +26,12 @@ use crate::namespace::{Limits, NamespaceConfig, Namespaces};
     version,
     about = "Herald node: Raft-replicated channels and the gRPC publish API"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
+    /// Offline maintenance of a stopped node's data dir instead of running.
+    #[command(subcommand)]
+    pub offline: Option<Offline>,
+
     /// This node's Raft id (unique in the cluster, > 0). In a Kubernetes
     /// StatefulSet, `--id-from-hostname` derives it from the pod ordinal instead.
     #[arg(long, env = "HERALD_ID")]
@@ -95,7 +100,12 @@ pub struct NodeArgs {
     /// on a plaintext cluster only, `node` and `edge` (`docs/security.md`).
     /// Without `--grpc-tls`, this node calls other nodes with its first
     /// `node` key.
-    #[arg(long = "api-key", env = "HERALD_API_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "api-key",
+        env = "HERALD_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
 
     /// File with one API key spec per line, as `--api-key` (blank lines and
@@ -165,9 +175,40 @@ pub struct NodeArgs {
     #[arg(long, env = "HERALD_INTEREST_LINGER_MS", default_value_t = 1000)]
     pub interest_linger_ms: u64,
 
+    /// How often the leader looks for state to reclaim (publications past
+    /// their namespace's `history_ttl_secs`, channels with nothing left)
+    /// and, if there is any, commits a sweep; 0 never sweeps.
+    #[arg(long, env = "HERALD_SWEEP_INTERVAL_MS", default_value_t = 60_000)]
+    pub sweep_interval_ms: u64,
+
     /// Log level filter (`RUST_LOG` syntax).
     #[arg(long, env = "HERALD_LOG", default_value = "info,openraft=warn")]
     pub log: String,
+}
+
+/// Offline commands on a stopped voter's data dir (`docs/operations.md`,
+/// "Lost quorum" and "Backing up and restoring").
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Offline {
+    /// Print what a stopped node's data dir holds: its last log id (the
+    /// survivor with the highest term, then index, has the longest log),
+    /// vote, membership and channel count. Changes nothing.
+    Inspect {
+        /// The node's data dir.
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+        data_dir: PathBuf,
+    },
+    /// Turn a stopped voter's data dir into a one-node cluster that keeps
+    /// every log entry it has and gives every channel a new epoch (after a
+    /// lost quorum, or on a restored backup). Refuses a data dir in use.
+    Recover {
+        /// The node's data dir.
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+        data_dir: PathBuf,
+        /// This node's Raft id (a voter of the stored membership).
+        #[arg(long, env = "HERALD_ID")]
+        id: u64,
+    },
 }
 
 /// Where edges' history-keeping publications come from.
@@ -224,6 +265,8 @@ pub struct NodeConfig {
     pub quic: Option<QuicConfig>,
     /// Linger of channel interest after the last local subscriber left.
     pub interest_linger: Duration,
+    /// Cadence of the leader's sweep; zero: never.
+    pub sweep_interval: Duration,
 }
 
 /// Settings of the QUIC delivery plane.
@@ -495,6 +538,7 @@ impl NodeArgs {
             namespaces,
             quic,
             interest_linger: Duration::from_millis(self.interest_linger_ms),
+            sweep_interval: Duration::from_millis(self.sweep_interval_ms),
         })
     }
 }
@@ -572,6 +616,17 @@ mod tests {
 
     fn field(args: &[&str]) -> String {
         parse(args).unwrap_err().field
+    }
+
+    #[test]
+    fn help_never_prints_api_keys_from_the_environment() {
+        use clap::CommandFactory;
+        let cmd = NodeArgs::command();
+        let keys = cmd
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == "HERALD_API_KEYS"))
+            .expect("--api-key reads HERALD_API_KEYS");
+        assert!(keys.is_hide_env_values_set());
     }
 
     #[test]

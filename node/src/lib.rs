@@ -8,19 +8,23 @@
 
 pub mod channels;
 pub mod config;
+pub mod disk;
 pub mod fanout_node;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod members;
 pub mod membership;
 pub mod namespace;
 pub mod peer;
 pub mod presence;
 pub mod proposer;
 pub mod raft;
+pub mod recovery;
 pub mod rejection;
 pub mod replica;
 mod startup;
+pub mod sweeper;
 pub mod telemetry;
 
 use std::future::Future;
@@ -55,8 +59,9 @@ pub struct Listeners {
     pub http: TcpListener,
 }
 
-/// Largest gRPC message accepted from publishers (a full batch).
-const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest gRPC message accepted from publishers (a full batch) and sent
+/// or received on EdgeLink streams (`herald_proto::limits`).
+const MAX_API_MESSAGE: usize = herald_proto::limits::MAX_MESSAGE_BYTES;
 /// Largest Raft message (snapshots travel in chunks below this).
 const MAX_RAFT_MESSAGE: usize = 256 * 1024 * 1024;
 
@@ -74,11 +79,10 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let db_path = config.data_dir.join("herald.redb");
-    let db = Arc::new(
-        redb::Database::create(&db_path)
-            .with_context(|| format!("opening {}", db_path.display()))?,
-    );
-    let log = LogStore::open(db.clone()).context("opening the raft log")?;
+    let (db, disk) =
+        disk::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let db = Arc::new(db);
+    let log = LogStore::open(db.clone(), disk).context("opening the raft log")?;
     let sm = StateMachine::open(db).context("opening the state machine")?;
     let raft_config = openraft::Config {
         cluster_name: "herald".into(),
@@ -149,9 +153,14 @@ pub async fn run(
         replica.clone(),
         interest,
         stop_rx,
-    ));
+    ))
+    .max_decoding_message_size(MAX_API_MESSAGE);
     let admin = AdminServer::new(grpc::admin::AdminService::new(replica.clone()));
-    let raft_rpc = RaftServer::new(grpc::raft::RaftService::new(raft.clone()))
+    let me = raft::network::Addressee {
+        id: config.id,
+        incarnation: log.incarnation(),
+    };
+    let raft_rpc = RaftServer::new(grpc::raft::RaftService::new(raft.clone(), me))
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
 
@@ -170,14 +179,21 @@ pub async fn run(
     )?;
     let membership_task = tokio::spawn(startup::bootstrap_or_join(
         config.clone(),
-        raft.clone(),
+        replica.clone(),
         outbound,
+    ));
+    let sweeper = tokio::spawn(sweeper::run(
+        replica.clone(),
+        sm.clone(),
+        config.namespaces.clone(),
+        config.sweep_interval,
     ));
     tracing::info!(id = config.id, grpc = %config.grpc_listen, http = %config.http_listen, "node started");
 
     shutdown.await;
     tracing::info!("shutting down");
     membership_task.abort();
+    sweeper.abort();
     replica.step_down(Duration::from_secs(5)).await;
     serving.stop().await;
     if let Some(p) = plane {
@@ -245,7 +261,8 @@ async fn run_fanout(
         node.clone(),
         Some(interest),
         stop_rx,
-    ));
+    ))
+    .max_decoding_message_size(MAX_API_MESSAGE);
     let routes = base_routes()
         .await?
         .add_service(Guarded::new(publisher, keys.clone()))

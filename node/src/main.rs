@@ -4,13 +4,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald_node::config::NodeArgs;
+use herald_node::config::{NodeArgs, Offline};
 use herald_node::{Listeners, run, telemetry};
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = NodeArgs::parse();
+    let mut args = NodeArgs::parse();
+    if let Some(offline) = args.offline.take() {
+        return offline_command(offline).await;
+    }
     let log = args.log.clone();
     let config = match args.into_config() {
         Ok(c) => c,
@@ -29,6 +32,36 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `inspect` and `recover`: print what the data dir holds or what was done.
+async fn offline_command(command: Offline) -> ExitCode {
+    let result = match command {
+        Offline::Inspect { data_dir } => herald_node::recovery::inspect(&data_dir)
+            .await
+            .map(|s| s.to_string()),
+        Offline::Recover { data_dir, id } => herald_node::recovery::recover(
+            &data_dir,
+            id,
+            rand::random(),
+        )
+        .await
+        .map(|r| {
+            format!(
+                "{r}\nrecovered: start this node alone, then add the others with empty data dirs"
+            )
+        }),
+    };
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald-node: {e}");
             ExitCode::FAILURE
         }
     }

@@ -17,6 +17,13 @@ use crate::rejection::Rejection;
 /// The name of the namespace channels without a `:` belong to.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// Longest header name of a publication, in bytes.
+pub const MAX_HEADER_NAME_BYTES: usize = 128;
+/// Longest header value of a publication, in bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 1024;
+/// Longest `content_type` of a publication, in bytes.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 128;
+
 /// Size limits, the `[limits]` table of the policy file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -129,7 +136,8 @@ impl Namespace {
     }
 }
 
-fn is_json(content_type: &str) -> bool {
+/// Whether a content type is JSON (`application/json`, `*+json`, or none).
+pub fn is_json(content_type: &str) -> bool {
     content_type.is_empty()
         || content_type.starts_with("application/json")
         || content_type.ends_with("+json")
@@ -214,6 +222,21 @@ impl Namespaces {
         })
     }
 
+    /// History TTL in ms of every namespace that has one: what a sweep
+    /// reclaims by.
+    pub fn ttls_ms(&self) -> BTreeMap<String, u64> {
+        self.by_name
+            .iter()
+            .filter(|(_, ns)| ns.config.history_ttl_secs > 0)
+            .map(|(name, ns)| {
+                (
+                    name.clone(),
+                    ns.config.history_ttl_secs.saturating_mul(1000),
+                )
+            })
+            .collect()
+    }
+
     /// The namespace a channel belongs to, after checking the channel name.
     pub fn resolve(&self, channel: &str) -> Result<&Namespace, Rejection> {
         check_channel_name(channel, self.limits.max_channel_len)?;
@@ -236,7 +259,7 @@ impl Namespaces {
         content_type: &str,
         data: &[u8],
         idempotency_key: &str,
-        headers: usize,
+        headers: &std::collections::BTreeMap<String, String>,
     ) -> Result<&Namespace, Rejection> {
         let ns = self.resolve(channel)?;
         if data.len() > self.limits.max_payload_bytes {
@@ -250,9 +273,30 @@ impl Namespaces {
                 max: self.limits.max_idempotency_key_len,
             });
         }
-        if headers > self.limits.max_headers {
+        if headers.len() > self.limits.max_headers {
             return Err(Rejection::TooManyHeaders {
                 max: self.limits.max_headers,
+            });
+        }
+        // Every publication is stored in every voter's log and delivered
+        // with each push: no field of it is unbounded.
+        if let Some((name, _)) = headers
+            .iter()
+            .find(|(k, v)| k.len() > MAX_HEADER_NAME_BYTES || v.len() > MAX_HEADER_VALUE_BYTES)
+        {
+            let cut = (0..=MAX_HEADER_NAME_BYTES.min(name.len()))
+                .rev()
+                .find(|&i| name.is_char_boundary(i))
+                .unwrap_or(0);
+            return Err(Rejection::HeaderTooLong {
+                name: name[..cut].to_string(),
+                max_name: MAX_HEADER_NAME_BYTES,
+                max_value: MAX_HEADER_VALUE_BYTES,
+            });
+        }
+        if content_type.len() > MAX_CONTENT_TYPE_BYTES {
+            return Err(Rejection::ContentTypeTooLong {
+                max: MAX_CONTENT_TYPE_BYTES,
             });
         }
         if event_type.len() > 128 {
@@ -345,6 +389,32 @@ mod tests {
             Err(Rejection::ChannelInvalid { .. })
         ));
         assert!(check_channel_name("chat:r-7", 10).is_ok());
+    }
+
+    #[test]
+    fn header_and_content_type_sizes_are_bounded() {
+        let p = policy();
+        let check = |ct: &str, headers: &[(&str, String)]| {
+            let headers: BTreeMap<String, String> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            p.check_publish("room", "", ct, b"{}", "", &headers)
+                .map(|_| ())
+        };
+        let fits = "v".repeat(MAX_HEADER_VALUE_BYTES);
+        assert!(check("application/json", &[("k", fits.clone())]).is_ok());
+        let long_value = check("application/json", &[("k", format!("{fits}v"))]);
+        assert!(
+            matches!(long_value, Err(Rejection::HeaderTooLong { ref name, .. }) if name == "k"),
+            "{long_value:?}"
+        );
+        let long_name = "é".repeat(MAX_HEADER_NAME_BYTES);
+        let e = check("application/json", &[(&long_name, String::new())]).unwrap_err();
+        assert_eq!(e.reason(), "HEADER_TOO_LONG");
+        let ct = format!("application/{}+json", "x".repeat(MAX_CONTENT_TYPE_BYTES));
+        let e = check(&ct, &[]).unwrap_err();
+        assert_eq!(e.reason(), "CONTENT_TYPE_TOO_LONG");
     }
 
     #[test]

@@ -85,7 +85,7 @@ const CLOCK_SLACK_MS: i64 = 1000;
 /// node made, or, after leadership changed, since it saw the log's clock
 /// move. A leader whose wall clock jumps forward would otherwise expire
 /// idempotency keys and history early for everyone.
-fn stamp(anchor: Option<(i64, Instant)>, log_clock: (i64, Instant)) -> i64 {
+pub(crate) fn stamp(anchor: Option<(i64, Instant)>, log_clock: (i64, Instant)) -> i64 {
     let (log_ms, seen_at) = log_clock;
     let elapsed = |at: Instant| at.elapsed().as_millis() as i64;
     let limit = match anchor {

@@ -68,6 +68,22 @@ pub enum Rejection {
         /// The limit.
         max: usize,
     },
+    /// A header name or value is too long.
+    #[error("header `{name}`: name longer than {max_name} or value longer than {max_value} bytes")]
+    HeaderTooLong {
+        /// The header's name (cut to the limit).
+        name: String,
+        /// Longest name.
+        max_name: usize,
+        /// Longest value.
+        max_value: usize,
+    },
+    /// The content type is too long.
+    #[error("content type is longer than {max} bytes")]
+    ContentTypeTooLong {
+        /// The limit.
+        max: usize,
+    },
     /// The event type is too long.
     #[error("event type is longer than {max} bytes")]
     EventTypeTooLong {
@@ -111,6 +127,12 @@ pub enum Rejection {
     /// The request named a node or membership change that cannot happen.
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// This node's disk failed (a write, an fsync, or no space left): it
+    /// acknowledges nothing more until restarted on a working disk. The
+    /// publish may still be committed by the other nodes; retry it there
+    /// with the same idempotency key.
+    #[error("this node's storage failed ({0}); publish through another node")]
+    StorageFailed(String),
     /// Raft stopped on this node.
     #[error("raft is shut down on this node: {0}")]
     RaftFatal(String),
@@ -144,6 +166,8 @@ impl Rejection {
             Self::IdempotencyKeyTooLong { .. } => "IDEMPOTENCY_KEY_TOO_LONG",
             Self::TooManyHeaders { .. } => "TOO_MANY_HEADERS",
             Self::EventTypeTooLong { .. } => "EVENT_TYPE_TOO_LONG",
+            Self::HeaderTooLong { .. } => "HEADER_TOO_LONG",
+            Self::ContentTypeTooLong { .. } => "CONTENT_TYPE_TOO_LONG",
             Self::SchemaViolation { .. } => "SCHEMA_VIOLATION",
             Self::BatchItem { inner, .. } => inner.reason(),
             Self::NoLeader => "NO_LEADER",
@@ -153,6 +177,7 @@ impl Rejection {
             Self::LeaderUnreachable(_) => "LEADER_UNREACHABLE",
             Self::Membership(_) => "MEMBERSHIP_CHANGE_REFUSED",
             Self::RaftFatal(_) => "RAFT_STOPPED",
+            Self::StorageFailed(_) => "STORAGE_FAILED",
             Self::ApiKeyMissing => "API_KEY_MISSING",
             Self::ApiKeyInvalid => "API_KEY_INVALID",
             Self::PermissionDenied { .. } => "PERMISSION_DENIED",
@@ -167,6 +192,7 @@ impl Rejection {
             | Self::CommitTimeout
             | Self::SteppingDown
             | Self::LeaderUnreachable(_)
+            | Self::StorageFailed(_)
             | Self::RaftFatal(_) => Code::Unavailable,
             Self::Membership(_) => Code::FailedPrecondition,
             Self::ApiKeyMissing | Self::ApiKeyInvalid => Code::Unauthenticated,
@@ -188,7 +214,8 @@ impl Rejection {
             Self::PermissionDenied { needed } => vec![("needed".into(), needed.clone())],
             Self::PayloadTooLarge { max, .. }
             | Self::ChannelTooLong { max, .. }
-            | Self::BatchTooLarge { max, .. } => {
+            | Self::BatchTooLarge { max, .. }
+            | Self::ContentTypeTooLong { max } => {
                 vec![("max".into(), max.to_string())]
             }
             _ => vec![],

@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_proto::v1::Publication;
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, RaftMetrics, ServerState};
+use openraft::error::RaftError;
+use openraft::{RaftMetrics, ServerState};
 use tokio::sync::{broadcast, watch};
 
 use crate::channels::{Accepted, Channel, HistoryPage, NewPublication, Since};
@@ -55,6 +55,7 @@ pub struct Replica {
     /// Presence reported by this node's edges (in memory, not Raft).
     pub presence: crate::presence::Presence,
     presence_forwarder: crate::presence::Forwarder,
+    joining: std::sync::Mutex<String>,
 }
 
 /// Batches of publications an edge link may fall behind by before it
@@ -113,6 +114,7 @@ impl Replica {
             plane: std::sync::OnceLock::new(),
             presence: crate::presence::Presence::default(),
             presence_forwarder: crate::presence::Forwarder::default(),
+            joining: std::sync::Mutex::default(),
         }
     }
 
@@ -147,6 +149,7 @@ impl Replica {
     /// Commit an internal command (node registry, channel interest) through
     /// the leader, wherever it is.
     pub async fn submit(&self, cmd: crate::raft::Command) -> Result<(), Rejection> {
+        self.refuse_on_failed_storage()?;
         match self.leader() {
             None => Err(Rejection::NoLeader),
             Some((id, _)) if id == self.id => match self.raft.client_write(cmd).await {
@@ -202,10 +205,26 @@ impl Replica {
         *self.applied.borrow()
     }
 
+    /// The disk under this node's log and state.
+    pub fn log_disk(&self) -> &crate::disk::DiskHealth {
+        self.log.disk()
+    }
+
+    /// Why this node must acknowledge nothing, if its disk failed.
+    pub fn storage_failure(&self) -> Option<Rejection> {
+        let failure = self.log.disk().failure()?;
+        Some(Rejection::StorageFailed(failure.to_string()))
+    }
+
+    fn refuse_on_failed_storage(&self) -> Result<(), Rejection> {
+        self.storage_failure().map_or(Ok(()), Err)
+    }
+
     /// Ready: a leader is known and everything known committed is applied.
     pub fn is_ready(&self) -> bool {
         let m = self.metrics();
-        m.current_leader.is_some()
+        self.storage_failure().is_none()
+            && m.current_leader.is_some()
             && m.running_state.is_ok()
             && !self.leader_without_quorum(&m)
             && self.applied_index() >= self.committed_index()
@@ -241,8 +260,20 @@ impl Replica {
             &content_type,
             &data,
             &idempotency_key,
-            headers.len(),
+            &headers,
         )?;
+        // Stored compact, so no client frame built from it can be split by
+        // a line break between its tokens (`docs/protocol.md`, Payloads).
+        let data = if crate::namespace::is_json(&content_type)
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok()
+        {
+            match herald_proto::payload::compact_json(&data) {
+                std::borrow::Cow::Borrowed(_) => data,
+                std::borrow::Cow::Owned(c) => bytes::Bytes::from(c),
+            }
+        } else {
+            data
+        };
         Ok(NewPublication {
             channel,
             event_type,
@@ -406,6 +437,9 @@ impl Replica {
 
     /// Commit publications as one unit, or say where the leader is.
     pub async fn publish(&self, items: Vec<NewPublication>) -> Result<PublishOutcome, Rejection> {
+        // A node whose disk failed is out of the cluster until restarted:
+        // it neither commits nor forwards, so publishers move on at once.
+        self.refuse_on_failed_storage()?;
         if let Some(result) = self.publish_ephemeral(&items) {
             return result.map(PublishOutcome::Done);
         }
@@ -429,6 +463,10 @@ impl Replica {
         let Ok(proposed) = proposed else {
             return Err(Rejection::CommitTimeout);
         };
+        // The disk may have failed while this was proposed: whatever Raft
+        // answered (the other voters may have committed it without this
+        // node's disk), it is not acknowledged here.
+        self.refuse_on_failed_storage()?;
         match proposed {
             Ok(accepted) => Ok(PublishOutcome::Done(accepted)),
             Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id && keyed => {
@@ -442,6 +480,7 @@ impl Replica {
     /// Make sure local reads reflect every write acknowledged before the
     /// call: leader only.
     pub async fn read_barrier(&self) -> Result<(), Rejection> {
+        self.refuse_on_failed_storage()?;
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(_)) => Err(Rejection::NoLeader),
@@ -465,10 +504,17 @@ impl Replica {
             limit
         };
         let ttl_ms = ns.config.history_ttl_secs.saturating_mul(1000);
-        let state = self.state.read().expect("state lock poisoned");
-        Ok(state
-            .channels
-            .history(channel, since, limit as usize, reverse, ttl_ms, now_ms()))
+        let mut page = {
+            let state = self.state.read().expect("state lock poisoned");
+            state
+                .channels
+                .history(channel, since, limit as usize, reverse, ttl_ms, now_ms())
+        };
+        page.fit(
+            herald_proto::limits::PAGE_BYTES,
+            since.is_none() && !reverse,
+        );
+        Ok(page)
     }
 
     /// Run `f` over every channel whose name matches the glob.
@@ -497,47 +543,30 @@ impl Replica {
             .len()
     }
 
-    /// Add a node: as a learner that catches up, then (if `voter`) a voter.
+    /// Add a node: as a learner that catches up, then (if `voter`) a voter;
+    /// or replace a member that lost its disk ([`crate::members::add`]).
     /// Leader only.
-    pub async fn add_node(&self, id: u64, grpc_addr: String, voter: bool) -> Result<(), Rejection> {
-        if id == 0 {
-            return Err(Rejection::Membership(
-                "node id must be greater than 0".into(),
-            ));
-        }
+    pub async fn add_node(
+        &self,
+        id: u64,
+        grpc_addr: String,
+        voter: bool,
+        incarnation: u64,
+    ) -> Result<(), Rejection> {
         if let Some(addr) = self.with_delivery(|d| d.fanout_addr(id).map(String::from)) {
             return Err(Rejection::Membership(format!(
                 "node {id} is a fan-out node at {addr}; remove it first"
             )));
         }
-        let m = self.metrics();
-        let membership = m.membership_config.membership();
-        if let Some(existing) = membership.get_node(&id) {
-            if existing.grpc_addr != grpc_addr {
-                return Err(Rejection::Membership(format!(
-                    "node {id} is already a member at {}; remove it first",
-                    existing.grpc_addr
-                )));
-            }
-        } else {
-            self.raft
-                .add_learner(id, NodeInfo { grpc_addr }, true)
-                .await
-                .map_err(membership_error)?;
-        }
-        let is_voter = self
-            .metrics()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == id);
-        if voter && !is_voter {
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await
-                .map_err(membership_error)?;
-        }
-        Ok(())
+        crate::members::add(
+            &self.raft,
+            &self.outbound,
+            id,
+            grpc_addr,
+            voter,
+            incarnation,
+        )
+        .await
     }
 
     /// Register a fan-out node (it receives only what its edges subscribe
@@ -574,38 +603,37 @@ impl Replica {
     /// Remove a node from the cluster entirely (a Raft member, or a fan-out
     /// node's registration and interest). Leader only.
     pub async fn remove_node(&self, id: u64) -> Result<(), Rejection> {
-        let m = self.metrics();
-        let membership = m.membership_config.membership();
-        if membership.get_node(&id).is_none() {
-            if self.with_delivery(|d| d.fanout_addr(id).is_some()) {
-                return self.submit(crate::raft::Command::ForgetFanout { id }).await;
-            }
-            // Already gone: removal is idempotent, so retried hooks succeed.
-            return Ok(());
+        let member = self
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if !member && self.with_delivery(|d| d.fanout_addr(id).is_some()) {
+            return self.submit(crate::raft::Command::ForgetFanout { id }).await;
         }
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        if voters.contains(&id) {
-            if voters.len() == 1 {
-                return Err(Rejection::Membership("cannot remove the last voter".into()));
-            }
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-                .map_err(membership_error)?;
-        } else {
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(membership_error)?;
-        }
-        Ok(())
+        crate::members::remove(&self.raft, id).await
     }
 
     /// Voter and learner ids.
     pub fn members(&self) -> (Vec<u64>, Vec<u64>) {
-        let m = self.metrics();
-        let ms = m.membership_config.membership();
-        (ms.voter_ids().collect(), ms.learner_ids().collect())
+        crate::members::ids(&self.raft)
+    }
+
+    /// This node's incarnation ([`LogStore::incarnation`]).
+    pub fn incarnation(&self) -> u64 {
+        self.log.incarnation()
+    }
+
+    /// Why this node is not yet part of a running cluster (start-up sets
+    /// it while it waits for its peers; empty once it belongs).
+    pub fn joining(&self) -> String {
+        self.joining.lock().expect("joining lock poisoned").clone()
+    }
+
+    /// Record why this node is still waiting to belong to a cluster.
+    pub(crate) fn set_joining(&self, why: String) {
+        *self.joining.lock().expect("joining lock poisoned") = why;
     }
 
     /// Hand leadership over before this node stops: refuse new publishes,
@@ -701,21 +729,6 @@ impl crate::peer::interest::Registry for Replica {
         cmd: crate::raft::Command,
     ) -> impl std::future::Future<Output = Result<(), Rejection>> + Send {
         Replica::submit(self, cmd)
-    }
-}
-
-fn membership_error(e: RaftError<u64, ClientWriteError<u64, NodeInfo>>) -> Rejection {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Rejection::NoLeader,
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-            Rejection::Membership(match c {
-                ChangeMembershipError::InProgress(_) => {
-                    "another membership change is in progress; retry".into()
-                }
-                other => other.to_string(),
-            })
-        }
-        RaftError::Fatal(f) => Rejection::RaftFatal(f.to_string()),
     }
 }
 

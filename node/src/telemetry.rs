@@ -51,12 +51,25 @@ fn describe() {
         "Entries appended to the local Raft log"
     );
     describe_counter!(
+        "herald_raft_refused_total",
+        "Raft votes, appends and snapshots refused because they were addressed \
+         to another incarnation of this node (it lost its disk) or another node"
+    );
+    describe_counter!(
         "herald_raft_snapshots_total",
         "Snapshots built or installed"
     );
     describe_counter!(
         "herald_grpc_auth_failures_total",
         "gRPC calls refused for their API key, by reason"
+    );
+    describe_counter!(
+        "herald_storage_failures_total",
+        "Failed operations on the database file, by op (read, write, fsync, resize, stat) and error (eio, enospc, other)"
+    );
+    describe_gauge!(
+        "herald_storage_failed",
+        "1 once a disk operation failed: the node acknowledges nothing until restarted"
     );
     describe_gauge!("herald_raft_term", "Current Raft term");
     describe_gauge!("herald_raft_leader_id", "Id of the known leader, 0 if none");
@@ -76,6 +89,22 @@ fn describe() {
         "Log index of the latest snapshot"
     );
     describe_gauge!("herald_channels", "Channels in the state machine");
+    describe_gauge!(
+        "herald_history_publications",
+        "Publications retained in every channel's history"
+    );
+    describe_counter!(
+        "herald_sweeps_total",
+        "Sweeps this node committed as leader"
+    );
+    describe_counter!(
+        "herald_swept_channels_total",
+        "Channels forgotten by sweeps (nothing left past their TTL)"
+    );
+    describe_counter!(
+        "herald_swept_publications_total",
+        "Publications dropped by sweeps (older than their namespace's TTL)"
+    );
     describe_gauge!(
         "herald_peer_registered",
         "1 once this node's QUIC address is in the replicated registry"

@@ -18,6 +18,9 @@ pub mod client_v2 {
     tonic::include_proto!("centrifugal.client.v2");
 }
 
+pub mod limits;
+pub mod payload;
+
 /// Encoded `FileDescriptorSet` of every Herald proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("herald_descriptor");
 

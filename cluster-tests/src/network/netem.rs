@@ -15,7 +15,7 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,11 +116,62 @@ pub(crate) const QUEUE: u16 = 0;
 /// default `limit` is 1000; delays of 100 ms under load need more).
 const QUEUE_MAX_LEN: u32 = 16_384;
 
+/// What an emulator did so far: proof that an impairment took effect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// Packets dropped.
+    pub dropped: u64,
+    /// Packets held back for a delay before release.
+    pub delayed: u64,
+    /// Packets let through at once.
+    pub passed: u64,
+    /// Whether the thread still runs (a dead one leaves links unimpaired:
+    /// `--queue-bypass` lets packets through when nobody reads the queue).
+    pub alive: bool,
+    /// Why the thread ended, if it failed.
+    pub error: Option<String>,
+}
+
+impl Effect {
+    /// Why `impairment` cannot be said to have been applied, given this
+    /// effect (empty: it was). Loss must have dropped packets and a delay
+    /// held some, by a thread still running.
+    pub fn problems(&self, impairment: &Impairment) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.alive {
+            out.push(format!(
+                "the netem thread is not running ({})",
+                self.error.as_deref().unwrap_or("ended")
+            ));
+        }
+        if impairment.loss > 0.0 && self.dropped == 0 {
+            out.push(format!(
+                "loss {}% dropped no packet",
+                impairment.loss * 100.0
+            ));
+        }
+        if !impairment.delay.is_zero() && self.delayed == 0 {
+            out.push(format!("delay {:?} held no packet", impairment.delay));
+        }
+        out
+    }
+}
+
+/// Counters the emulator thread keeps.
+#[derive(Debug, Default)]
+struct Counters {
+    dropped: AtomicU64,
+    delayed: AtomicU64,
+    passed: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
 /// The thread that applies one host's [`Impairment`] to its queue.
 #[derive(Debug)]
 pub(crate) struct Emulator {
     impairment: Arc<Mutex<Impairment>>,
     stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -134,9 +185,10 @@ impl Emulator {
     ) -> std::io::Result<Self> {
         let impairment = Arc::new(Mutex::new(impairment));
         let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
-            let (impairment, stop) = (impairment.clone(), stop.clone());
+            let (impairment, stop, counters) = (impairment.clone(), stop.clone(), counters.clone());
             std::thread::Builder::new()
                 .name("herald-netem".into())
                 .spawn(move || {
@@ -150,14 +202,18 @@ impl Emulator {
                             return;
                         }
                     };
-                    if let Err(e) = run(&queue, &impairment, &stop, SplitMix64::new(seed)) {
+                    let rng = SplitMix64::new(seed);
+                    if let Err(e) = run(&queue, &impairment, &stop, &counters, rng) {
                         eprintln!("herald-netem on {}: {e}", netns.display());
+                        *counters.error.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(e.to_string());
                     }
                 })?
         };
         let emulator = Self {
             impairment,
             stop,
+            counters,
             thread: Some(thread),
         };
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
@@ -170,6 +226,23 @@ impl Emulator {
     /// Change the impairment; packets already held keep their release time.
     pub(crate) fn set(&self, impairment: Impairment) {
         *self.impairment.lock().unwrap_or_else(|e| e.into_inner()) = impairment;
+    }
+
+    /// The impairment in force.
+    pub(crate) fn impairment(&self) -> Impairment {
+        *self.impairment.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the thread did so far, and whether it still runs.
+    pub(crate) fn effect(&self) -> Effect {
+        let c = &self.counters;
+        Effect {
+            dropped: c.dropped.load(Ordering::SeqCst),
+            delayed: c.delayed.load(Ordering::SeqCst),
+            passed: c.passed.load(Ordering::SeqCst),
+            alive: self.thread.as_ref().is_some_and(|t| !t.is_finished()),
+            error: c.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
     }
 }
 
@@ -237,6 +310,7 @@ fn run(
     fd: &std::os::fd::OwnedFd,
     impairment: &Mutex<Impairment>,
     stop: &AtomicBool,
+    counters: &Counters,
     mut rng: SplitMix64,
 ) -> std::io::Result<()> {
     let mut held: BinaryHeap<Reverse<(Instant, u64, u32)>> = BinaryHeap::new();
@@ -291,11 +365,16 @@ fn run(
                     let imp = *impairment.lock().unwrap_or_else(|e| e.into_inner());
                     for id in nfqueue::parse(&buf[..n]).packets {
                         match imp.release_at(now, &mut rng) {
-                            None => nfqueue::push_verdict(&mut out, QUEUE, id, Verdict::Drop),
+                            None => {
+                                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                                nfqueue::push_verdict(&mut out, QUEUE, id, Verdict::Drop)
+                            }
                             Some(at) if at <= now => {
+                                counters.passed.fetch_add(1, Ordering::Relaxed);
                                 nfqueue::push_verdict(&mut out, QUEUE, id, Verdict::Accept)
                             }
                             Some(at) => {
+                                counters.delayed.fetch_add(1, Ordering::Relaxed);
                                 seq += 1;
                                 held.push(Reverse((at, seq, id)));
                             }
@@ -366,5 +445,44 @@ mod tests {
             }
         }
         assert!((1500..2500).contains(&lost), "{lost} of 10000 lost at 20%");
+    }
+
+    /// The planted bugs: an emulator whose thread died, and one that let
+    /// every packet through untouched, each pass for an impaired link
+    /// unless its effect is checked.
+    #[test]
+    fn an_impairment_that_did_nothing_or_a_dead_thread_is_caught() {
+        let imp = Impairment::parse("loss 20% delay 100ms").unwrap();
+        let working = Effect {
+            dropped: 3,
+            delayed: 40,
+            passed: 0,
+            alive: true,
+            error: None,
+        };
+        assert_eq!(working.problems(&imp), Vec::<String>::new());
+        let dead = Effect {
+            alive: false,
+            error: Some("Bad file descriptor".into()),
+            ..working.clone()
+        };
+        assert_eq!(
+            dead.problems(&imp),
+            vec!["the netem thread is not running (Bad file descriptor)".to_string()]
+        );
+        let idle = Effect {
+            passed: 500,
+            alive: true,
+            ..Effect::default()
+        };
+        let found = idle.problems(&imp);
+        assert!(
+            found.iter().any(|p| p.contains("dropped no packet")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.contains("held no packet")),
+            "{found:?}"
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! | `full_restart` | 1 and 3's premise: history, offsets and epochs survive restarting every node |
 //! | `membership` | 1: joining (via snapshot) and removing nodes under load loses nothing |
 //! | `validation` | 5 and 6: idempotent retries, schema and limit errors with stable reasons, auth, forwarding, batches, `History` windows |
+//! | `sweep` | 3 across reclaimed state: channels past their namespace's TTL forgotten on every node, in snapshots and after a restart; no reader recovers across the reset |
 //! | `health` | Operations: liveness independent of quorum, readiness dependent on it |
 //! | `roles` | Security: internal RPCs refused to publish keys and anonymous callers; a foreign-CA node cannot join; the checker's planted-flaw companion (`docs/security.md`) |
 //!
@@ -25,6 +26,7 @@ mod leader_crash;
 mod leader_pause;
 mod membership;
 mod roles;
+mod sweep;
 mod validation;
 
 use herald_cluster_tests::{ledger, load};

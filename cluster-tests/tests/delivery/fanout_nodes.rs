@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use herald_cluster_tests::ledger::{self, Ledger};
 use herald_cluster_tests::load::{Load, LoadSpec};
+use herald_cluster_tests::machine::{self, Capability};
 use herald_cluster_tests::{
     Cluster, ClusterOptions, EdgeProc, Network, Publisher, Subscriber, SubscriberOptions, announce,
     check_subscriber, edge_token,
@@ -302,8 +303,11 @@ async fn no_client_misses_anything_when_the_leader_is_killed_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_misses_anything_while_quic_to_a_fanout_node_is_cut() {
-    if let Err(why) = Network::available() {
-        announce(format!("SKIPPED fanout_nodes udp cut: {why}"));
+    if !machine::require(
+        "fanout_nodes udp cut",
+        Capability::Network,
+        Network::available(),
+    ) {
         return;
     }
     let tls = tempfile::tempdir().unwrap();

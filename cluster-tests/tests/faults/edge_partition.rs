@@ -51,7 +51,7 @@ const GUARD: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_cut_off_from_its_node_moves_on_and_cut_off_from_all_turns_unready() {
-    if !crate::network_or_skip(SCENARIO) {
+    if !crate::network_required(SCENARIO) {
         return;
     }
     let opts = ClusterOptions::default().with_policy(crate::policy("ep", 900));

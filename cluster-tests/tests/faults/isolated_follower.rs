@@ -16,7 +16,7 @@ const SCENARIO: &str = "isolated_follower";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_follower_catches_up_to_an_identical_history() {
-    if !crate::network_or_skip(SCENARIO) {
+    if !crate::network_required(SCENARIO) {
         return;
     }
     let opts = ClusterOptions {

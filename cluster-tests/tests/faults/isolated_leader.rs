@@ -1,13 +1,14 @@
 //! Guarantee 1 — an acknowledged publish is on a majority of voters' disks —
-//! when the network cuts the Raft leader off from both followers while
-//! publishers keep publishing.
+//! when the network cuts the Raft leader off from every follower while
+//! publishers keep publishing, in a cluster of five voters (the largest
+//! Raft group Herald runs: a majority of three must elect and commit).
 //!
 //! The cut leader still runs and still believes it leads for a while, so it
 //! is the one node that could acknowledge a publish it can never commit. A
 //! probe publisher pinned to it sends publications during the partition:
 //! none may be acknowledged (the node answers `NO_QUORUM` or
-//! `COMMIT_TIMEOUT`). Meanwhile the two followers must elect a leader and
-//! keep acknowledging the load, which rotates over all three nodes. After
+//! `COMMIT_TIMEOUT`). Meanwhile the four followers must elect a leader and
+//! keep acknowledging the load, which rotates over all five nodes. After
 //! healing, the old leader must have stepped down under the new one, the
 //! probes are retried with their keys (each stored once), and the checker
 //! verifies every node's history against everything acknowledged.
@@ -27,13 +28,16 @@ const PROBE_BASE: u64 = 1_000_000_000;
 const PROBES: u64 = 20;
 const PROBE_CHANNEL: &str = "il:probe";
 
+/// Voters: five, so the majority side is more than a pair.
+const VOTERS: usize = 5;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_acknowledges_nothing_and_the_majority_moves_on() {
-    if !crate::network_or_skip(SCENARIO) {
+    if !crate::network_required(SCENARIO) {
         return;
     }
     let mut cluster = Cluster::start_isolated(
-        3,
+        VOTERS,
         ClusterOptions::default().with_policy(crate::policy("il", 900)),
     )
     .await
@@ -142,6 +146,7 @@ async fn isolated_leader_acknowledges_nothing_and_the_majority_moves_on() {
             format!("{}/{PROBES}", acked_by_minority.len()),
         )
         .fact("minority_answers", reasons.join(","))
+        .fact("voters", VOTERS)
         .fact("leaders", format!("{old}->{new}"))
         .conclude();
 }

@@ -33,7 +33,7 @@ const HEARTBEAT_MS: u64 = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_continues_with_loss_and_delay_on_every_peer_link() {
-    if !crate::network_or_skip(SCENARIO) {
+    if !crate::network_required(SCENARIO) {
         return;
     }
     let opts = ClusterOptions {
@@ -73,15 +73,26 @@ async fn progress_continues_with_loss_and_delay_on_every_peer_link() {
         .await
         .unwrap();
     let term_impaired = cluster.status(leader).await.unwrap().term;
+    // The fault took effect: every emulator is alive and dropped and
+    // delayed packets (a dead one would leave its links unimpaired).
+    let mut violations = Vec::new();
+    let (mut dropped, mut delayed) = (0, 0);
     for &id in &ids {
+        let (problems, effect) = cluster.net().netem_problems(id);
+        violations.extend(problems);
+        dropped += effect.dropped;
+        delayed += effect.delayed;
         cluster.net().clear_netem(id).unwrap();
     }
 
     load.wait_acked_more(100, "after the links recovered").await;
-    let (ledger, retries, violations) =
+    let (ledger, retries, found) =
         crate::finish_load(&mut cluster, load, Unacknowledged::Fail).await;
+    violations.extend(found);
     Verdict::new(SCENARIO, &ledger, retries, violations)
         .fact("netem", NETEM.replace(' ', "_"))
+        .fact("packets_dropped", dropped)
+        .fact("packets_delayed", delayed)
         .fact("acked_while_impaired", acked_impaired)
         .fact("terms_while_impaired", term_impaired - term_before)
         .conclude();

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use herald_cluster_tests::edge::EdgeProc;
 use herald_cluster_tests::load::{Load, LoadSpec};
+use herald_cluster_tests::machine::{self, Capability};
 use herald_cluster_tests::subscriber::{Subscriber, SubscriberOptions, Tuning, finish_subscribers};
-use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, announce, edge_token, http_get};
+use herald_cluster_tests::{Cluster, ClusterOptions, Verdict, edge_token, http_get};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 use crate::Unacknowledged;
@@ -53,8 +54,11 @@ fn raise_fd_limit(needed: u64) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_clients_reconnect_at_once_are_rate_limited_and_all_recover() {
-    if let Err(why) = raise_fd_limit(CLIENTS as u64 + 4_000) {
-        announce(format!("SKIPPED {SCENARIO}: {why}"));
+    if !machine::require(
+        SCENARIO,
+        Capability::OpenFiles,
+        raise_fd_limit(CLIENTS as u64 + 4_000),
+    ) {
         return;
     }
     // Raft timers for a machine the storm keeps busy (as in `soak`).

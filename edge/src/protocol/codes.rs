@@ -105,6 +105,11 @@ impl Disconnect {
     pub const MESSAGE_TOO_BIG: Disconnect = d(1009, "message too big");
 }
 
+/// Unsubscribe push code: the server ended the subscription for good (a
+/// `refresh` took away the capability that allowed it); the SDK does not
+/// subscribe again.
+pub const UNSUBSCRIBE_SERVER: u32 = 2000;
+
 /// Unsubscribe push code: the edge lost continuity of the channel (its
 /// history was lost upstream); the SDK resubscribes and recovers.
 pub const UNSUBSCRIBE_INSUFFICIENT_STATE: u32 = 2500;

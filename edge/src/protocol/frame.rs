@@ -292,4 +292,69 @@ mod tests {
             br#"{"id":4,"error":{"code":103,"message":"permission denied"}}"#
         );
     }
+
+    /// A command line with one random character inserted, removed or
+    /// replaced at `at`.
+    fn mutate(line: &str, at: usize, op: u8, c: char) -> String {
+        let mut chars: Vec<char> = line.chars().collect();
+        let i = at % (chars.len() + 1);
+        match op % 3 {
+            0 => chars.insert(i, c),
+            1 if i < chars.len() => {
+                chars.remove(i);
+            }
+            _ if i < chars.len() => chars[i] = c,
+            _ => chars.push(c),
+        }
+        chars.into_iter().collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_errs_never_panics(text in "\\PC{0,200}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn mutated_commands_parse_or_err_never_panic(
+            which in 0usize..4,
+            edits in proptest::collection::vec((0usize..200, 0u8..3, proptest::char::any()), 1..6),
+        ) {
+            let valid = [
+                "{\"id\":1,\"connect\":{\"token\":\"t\",\"name\":\"js\"}}",
+                "{\"id\":2,\"subscribe\":{\"channel\":\"chat:a\",\"recover\":true,\"offset\":3,\"epoch\":\"e\"}}",
+                "{\"id\":3,\"publish\":{\"channel\":\"chat:a\",\"data\":{\"n\":[1,2,{\"x\":null}]}}}",
+                "{\"id\":4,\"history\":{\"channel\":\"a\",\"limit\":-1,\"since\":{\"offset\":1,\"epoch\":\"e\"}}}",
+            ];
+            let mut line = valid[which].to_string();
+            for (at, op, c) in edits {
+                line = mutate(&line, at, op, c);
+            }
+            match parse(&line) {
+                Ok(f) => proptest::prop_assert!(f.len() <= line.split('\n').count()),
+                Err(FrameError::Json(_) | FrameError::Ambiguous) => {}
+            }
+        }
+
+        #[test]
+        fn subscribe_commands_round_trip(
+            id in 1u32..,
+            channel in "[a-z0-9:_-]{1,40}",
+            offset in proptest::num::u64::ANY,
+            epoch in "[a-zA-Z0-9]{0,12}",
+        ) {
+            let line = serde_json::json!({"id": id, "subscribe": {
+                "channel": channel, "recover": true, "offset": offset, "epoch": epoch}})
+                .to_string();
+            let f = parse(&line).unwrap();
+            proptest::prop_assert_eq!(f.len(), 1);
+            proptest::prop_assert_eq!(f[0].id, id);
+            let Command::Subscribe(s) = &f[0].command else {
+                return Err(proptest::test_runner::TestCaseError::fail("not a subscribe"));
+            };
+            proptest::prop_assert_eq!(&s.channel, &channel);
+            proptest::prop_assert_eq!(s.offset, offset);
+            proptest::prop_assert_eq!(&s.epoch, &epoch);
+        }
+    }
 }

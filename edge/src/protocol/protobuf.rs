@@ -366,4 +366,46 @@ mod tests {
         let info = push.leave.unwrap().info.unwrap();
         assert_eq!((info.client.as_str(), info.user.as_str()), ("c1", "u1"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn mutated_commands_parse_or_err_as_documented(
+            id in proptest::num::u32::ANY,
+            channel in "[a-z:]{0,30}",
+            offset in proptest::num::u64::ANY,
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8),
+            cut in proptest::num::usize::ANY,
+        ) {
+            let msg = command_bytes(&[
+                pb::Command {
+                    id,
+                    subscribe: Some(pb::SubscribeRequest {
+                        channel: channel.clone(),
+                        recover: true,
+                        offset,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                pb::Command {
+                    id: id.wrapping_add(1),
+                    publish: Some(pb::PublishRequest {
+                        channel,
+                        data: b"{\"a\":1}".to_vec().into(),
+                    }),
+                    ..Default::default()
+                },
+            ]);
+            let mut bytes = msg.to_vec();
+            for (i, b) in flips {
+                let i = i % bytes.len();
+                bytes[i] ^= b;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            match parse(&Bytes::from(bytes), 1024) {
+                Ok(commands) => proptest::prop_assert!(commands.len() <= 1024),
+                Err(ProtoError::Framing(_) | ProtoError::Decode(_) | ProtoError::Ambiguous) => {}
+            }
+        }
+    }
 }

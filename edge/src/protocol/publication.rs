@@ -98,7 +98,9 @@ pub fn encode(channel: ChannelName, p: &Publication) -> Encoded {
     out.extend_from_slice(b"{\"data\":");
     let json = is_json_payload(p);
     if json {
-        out.extend_from_slice(&p.data);
+        // Nodes store JSON compact; this also covers publications stored
+        // before they did, so a line break never splits a client frame.
+        out.extend_from_slice(&safe_json(&p.data));
     } else {
         match std::str::from_utf8(&p.data) {
             Ok(s) => write_str(&mut out, s),
@@ -205,7 +207,7 @@ fn encode_presence(channel: ChannelName, kind: &str, p: &Publication) -> Encoded
     let pub_start = out.len();
     out.extend_from_slice(b"{\"info\":");
     if serde_json::from_slice::<serde::de::IgnoredAny>(&p.data).is_ok() {
-        out.extend_from_slice(&p.data);
+        out.extend_from_slice(&safe_json(&p.data));
     } else {
         out.extend_from_slice(b"{}");
     }
@@ -222,6 +224,16 @@ fn encode_presence(channel: ChannelName, kind: &str, p: &Publication) -> Encoded
         pub_start,
         source: p.clone(),
         proto: OnceLock::new(),
+    }
+}
+
+/// Valid JSON `data` with no raw CR or LF: compacted when it has any
+/// (line breaks can only sit between tokens), else borrowed as is.
+fn safe_json(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if herald_proto::payload::has_line_break(data) {
+        herald_proto::payload::compact_json(data)
+    } else {
+        std::borrow::Cow::Borrowed(data)
     }
 }
 
@@ -266,6 +278,27 @@ mod tests {
         assert_eq!(p, v["push"]["pub"]);
         let b: serde_json::Value = serde_json::from_slice(&e.push_body()).unwrap();
         assert_eq!(b, v["push"]);
+    }
+
+    #[test]
+    fn line_breaks_in_json_payloads_never_reach_the_frame() {
+        let e = encode(
+            ChannelName::new("chat:a").unwrap(),
+            &publication(b"{\"n\":\r\n 2, \"s\": \"a\\nb\"}\n", "application/json"),
+        );
+        assert!(!herald_proto::payload::has_line_break(&e.ws_push));
+        let v: serde_json::Value = serde_json::from_slice(&e.ws_push).unwrap();
+        assert_eq!(
+            v["push"]["pub"]["data"],
+            serde_json::json!({"n": 2, "s": "a\nb"})
+        );
+        let p = Publication {
+            data: b"{\"client\":\n\"c1\"}".to_vec().into(),
+            headers: [(PRESENCE_HEADER.to_string(), "join".to_string())].into(),
+            ..Default::default()
+        };
+        let e = encode(ChannelName::new("chat:a").unwrap(), &p);
+        assert!(!herald_proto::payload::has_line_break(&e.ws_push));
     }
 
     #[test]

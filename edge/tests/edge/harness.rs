@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// HS256 secret every test edge accepts.
-pub(crate) const SECRET: &str = "edge-test-secret";
+pub(crate) const SECRET: &str = "edge-test-secret-of-at-least-32-bytes";
 
 /// Channel policy of the test clusters: long histories, client publish on
 /// `chat:`.
@@ -93,6 +93,44 @@ pub(crate) fn js_dir() -> &'static Path {
     })
 }
 
+/// The Python of `edge/tests/py/.venv`, with `requirements.txt` (the
+/// `centrifuge-python` SDK) installed into it when the venv is missing.
+pub(crate) fn python() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join("py");
+        let venv = dir.join(".venv");
+        let py = venv.join("bin").join("python");
+        let ready = venv.join("installed");
+        if !ready.is_file() {
+            let run = |program: &Path, args: &[&str]| {
+                let out = Command::new(program)
+                    .args(args)
+                    .current_dir(&dir)
+                    .output()
+                    .unwrap_or_else(|e| {
+                        panic!("{} is needed for the edge tests: {e}", program.display())
+                    });
+                assert!(
+                    out.status.success(),
+                    "{} {args:?} failed:\n{}",
+                    program.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            run(Path::new("python3"), &["-m", "venv", ".venv"]);
+            run(
+                &py,
+                &["-m", "pip", "install", "-q", "-r", "requirements.txt"],
+            );
+            std::fs::write(&ready, b"").expect("mark the venv installed");
+        }
+        py
+    })
+}
+
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -115,6 +153,8 @@ pub(crate) struct EdgeProc {
     pub(crate) sse_url: String,
     /// Operations listener.
     pub(crate) http: SocketAddr,
+    listen: SocketAddr,
+    args: Vec<String>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -132,41 +172,73 @@ impl EdgeProc {
         let http = free_addr();
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("edge.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(herald_edge())
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--http-listen",
-                &http.to_string(),
-            ])
-            .args(["--nodes", &nodes.join(",")])
-            .args(["--api-key", &cluster.options().api_key])
-            .args(["--jwt-hs256-secret", SECRET])
-            .args(["--log", "info,herald_edge=debug"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn herald-edge");
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            listen.to_string(),
+            "--http-listen".into(),
+            http.to_string(),
+            "--nodes".into(),
+            nodes.join(","),
+            "--api-key".into(),
+            cluster.options().api_key.clone(),
+            "--jwt-hs256-secret".into(),
+            SECRET.into(),
+            "--log".into(),
+            "info,herald_edge=debug".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let child = Self::spawn(&args, &log);
         let edge = Self {
             child,
             ws_url: format!("ws://{listen}/connection/websocket"),
             sse_url: format!("http://{listen}/connection/sse"),
             http,
+            listen,
+            args,
             log,
             _dir: dir,
         };
+        edge.wait_linked().await;
+        edge
+    }
+
+    fn spawn(args: &[String], log: &Path) -> std::process::Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        Command::new(herald_edge())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn herald-edge")
+    }
+
+    async fn wait_linked(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while edge.linked_node().await.is_none() {
+        while self.linked_node().await.is_none() {
             assert!(
                 Instant::now() < deadline,
                 "edge not ready:\n{}",
-                edge.log_tail()
+                self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        edge
+    }
+
+    /// Start the edge again, on the same addresses with the same flags
+    /// (after [`EdgeProc::kill`]), and wait until it is linked.
+    pub(crate) async fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpListener::bind(self.listen).is_err() {
+            assert!(Instant::now() < deadline, "{} stays taken", self.listen);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.child = Self::spawn(&self.args, &self.log);
+        self.wait_linked().await;
     }
 
     /// The node (`host:port`) the edge's EdgeLink is on, from `/readyz`.
@@ -242,18 +314,32 @@ pub(crate) struct Script {
 }
 
 impl Script {
-    /// Run `node <name> <args>`.
+    /// Run `node <name> <args>` in `edge/tests/js`.
     pub(crate) fn spawn(name: &str, args: &[&str]) -> Self {
-        let mut child = tokio::process::Command::new("node")
+        Self::spawn_in(Path::new("node"), js_dir(), name, args)
+    }
+
+    /// Run `python <name> <args>` in `edge/tests/py` (its venv).
+    pub(crate) fn spawn_python(name: &str, args: &[&str]) -> Self {
+        let py = python();
+        let dir = py
+            .ancestors()
+            .nth(3)
+            .expect("edge/tests/py/.venv/bin/python");
+        Self::spawn_in(py, dir, name, args)
+    }
+
+    fn spawn_in(program: &Path, dir: &Path, name: &str, args: &[&str]) -> Self {
+        let mut child = tokio::process::Command::new(program)
             .arg(name)
             .args(args)
-            .current_dir(js_dir())
+            .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("node is needed for the edge tests");
+            .unwrap_or_else(|e| panic!("{} is needed for the edge tests: {e}", program.display()));
         let stdin = child.stdin.take().expect("stdin");
         let stdout = child.stdout.take().expect("stdout");
         Self {

@@ -5,11 +5,13 @@
 
 mod harness;
 
+mod abuse;
 mod auth;
 mod bad_input;
 mod bad_input_protobuf;
 mod browser;
 mod fanout;
+mod framing;
 mod presence;
 mod protobuf;
 mod sdk_failover;

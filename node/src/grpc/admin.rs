@@ -76,7 +76,9 @@ impl Admin for AdminService {
         if r.fanout {
             self.replica.add_fanout(r.id, r.grpc_addr).await?;
         } else {
-            self.replica.add_node(r.id, r.grpc_addr, r.voter).await?;
+            self.replica
+                .add_node(r.id, r.grpc_addr, r.voter, r.incarnation)
+                .await?;
         }
         let (voters, learners) = self.replica.members();
         let fanout = self.fanout_ids();

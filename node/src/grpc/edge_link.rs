@@ -152,6 +152,8 @@ pub struct Session<H> {
     positions: HashMap<String, Position>,
     /// Channels whose gap fill could not read history; retried.
     unfilled: BTreeSet<String>,
+    /// Channels subscribed with more backlog than one answer holds.
+    behind: BTreeSet<String>,
 }
 
 impl<H: HistorySource> Session<H> {
@@ -161,6 +163,7 @@ impl<H: HistorySource> Session<H> {
             source,
             positions: HashMap::new(),
             unfilled: BTreeSet::new(),
+            behind: BTreeSet::new(),
         }
     }
 
@@ -187,18 +190,22 @@ impl<H: HistorySource> Session<H> {
             }
         };
         let epoch = page.epoch.clone();
-        let (recovered, publications) = match since {
-            None => (false, vec![]),
-            Some(_) => {
-                let complete = page.in_window
-                    && page
-                        .publications
-                        .last()
-                        .is_none_or(|p| p.offset == page.offset);
-                if complete {
-                    (true, page.publications)
-                } else {
-                    (false, vec![])
+        let (recovered, publications, offset) = match since {
+            None => (false, vec![], page.offset),
+            Some(since) => {
+                let last = page.publications.last().map(|p| p.offset);
+                let backlog = page.offset.saturating_sub(since.offset.0);
+                match last {
+                    _ if !page.in_window => (false, vec![], page.offset),
+                    None => (true, vec![], page.offset),
+                    Some(last) if last == page.offset => (true, page.publications, last),
+                    // Cut by bytes, not by count: the rest follows as
+                    // publications ([`Session::catch_up`]).
+                    Some(last) if backlog <= u64::from(limit) => {
+                        self.behind.insert(s.channel.clone());
+                        (true, page.publications, last)
+                    }
+                    Some(_) => (false, vec![], page.offset),
                 }
             }
         };
@@ -207,16 +214,25 @@ impl<H: HistorySource> Session<H> {
             s.channel.clone(),
             Position {
                 epoch: epoch.clone(),
-                offset: page.offset,
+                offset,
             },
         );
         message(NodeMsg::Subscribed(LinkSubscribed {
             channel: s.channel,
             epoch,
-            offset: page.offset,
+            offset,
             recovered,
             publications,
         }))
+    }
+
+    /// Send the rest of every backlog a `subscribed` answer could not hold
+    /// (its publications are cut at [`herald_proto::limits::PAGE_BYTES`]), as publications right
+    /// after it.
+    pub async fn catch_up(&mut self, out: &mut Vec<NodeMessage>) {
+        for channel in std::mem::take(&mut self.behind) {
+            self.fill(&channel, out).await;
+        }
     }
 
     /// Stop forwarding a channel; false if it was not subscribed.
@@ -423,6 +439,7 @@ async fn run_session<B: LinkBackend>(
                         i.add(&ok.channel);
                     }
                     out.push(answer);
+                    session.catch_up(&mut out).await;
                 }
                 Ok(Some(EdgeMessage { msg: Some(EdgeMsg::Unsubscribe(u)) })) => {
                     if session.unsubscribe(&u.channel)
@@ -570,6 +587,43 @@ mod tests {
         fn max_limit(&self) -> u32 {
             100
         }
+    }
+
+    /// History whose pages hold at most 2 publications, as a node's pages
+    /// cut by bytes do for large publications.
+    struct Cut(Table);
+
+    impl HistorySource for Cut {
+        async fn read(
+            &self,
+            channel: &str,
+            since: Option<Since>,
+            limit: u32,
+        ) -> Result<HistoryResponse, Rejection> {
+            let mut page = self.0.read(channel, since, limit).await?;
+            page.publications.truncate(2);
+            Ok(page)
+        }
+        fn max_limit(&self) -> u32 {
+            100
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backlog_larger_than_one_answer_follows_it_in_order() {
+        let t = Cut(Table::default());
+        let epoch = t.0.publish("a", 5)[0].epoch.clone();
+        let mut s = Session::new(&t);
+        let answer = subscribed(s.subscribe(sub("a", Some((0, &epoch)))).await);
+        assert!(answer.recovered);
+        assert_eq!(answer.offset, 2, "the position after what it holds");
+        let held: Vec<u64> = answer.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(held, vec![1, 2]);
+        let mut out = vec![];
+        s.catch_up(&mut out).await;
+        assert_eq!(offsets(&out), vec![3, 4, 5]);
+        s.deliver(&t.0.publish("a", 1), &mut out).await;
+        assert_eq!(offsets(&out), vec![3, 4, 5, 6]);
     }
 
     #[tokio::test]

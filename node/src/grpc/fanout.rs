@@ -51,7 +51,11 @@ impl Publisher for FanoutPublisher {
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         metrics::counter!("herald_publish_forwards_total").increment(1);
-        self.node.forward_target()?.publish(req.into_inner()).await
+        self.node
+            .forward_target()?
+            .publish(req.into_inner())
+            .await
+            .map_err(|s| super::forwarding_failed("the voter forwarded to", s))
     }
 
     async fn publish_batch(
@@ -63,6 +67,7 @@ impl Publisher for FanoutPublisher {
             .forward_target()?
             .publish_batch(req.into_inner())
             .await
+            .map_err(|s| super::forwarding_failed("the voter forwarded to", s))
     }
 
     async fn history(

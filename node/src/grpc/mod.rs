@@ -19,6 +19,21 @@ pub const FORWARDED: &str = "x-herald-forwarded";
 /// sender, whose id the value carries).
 pub const RELAY_FROM: &str = "x-herald-relay-from";
 
+/// What a node answers when a call it forwarded to the leader failed: the
+/// leader's own rejections (they carry a reason) pass through unchanged; a
+/// failure of the call itself — the leader died mid-call, its connection
+/// reset — becomes the retryable `LEADER_UNREACHABLE`, so the caller
+/// retries with the same idempotency key instead of seeing a bare
+/// transport error it cannot classify.
+pub(crate) fn forwarding_failed(to: &str, s: tonic::Status) -> tonic::Status {
+    let answered_by_leader = crate::rejection::reason_of(&s).is_some()
+        || !matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown);
+    if answered_by_leader {
+        return s;
+    }
+    crate::rejection::Rejection::LeaderUnreachable(format!("{to}: {}", s.message())).into()
+}
+
 /// A history page as it travels on the wire.
 pub(crate) fn page_to_wire(
     channel: &str,

@@ -133,7 +133,9 @@ impl Outbound {
             herald_proto::v1::publisher_client::PublisherClient::with_interceptor(
                 self.channel(addr)?,
                 self.key.clone(),
-            ),
+            )
+            .max_decoding_message_size(herald_proto::limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(herald_proto::limits::MAX_MESSAGE_BYTES),
         )
     }
 

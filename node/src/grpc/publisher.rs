@@ -41,7 +41,14 @@ impl PublisherService {
         forwarded: bool,
     ) -> Result<Vec<PublishResponse>, Status> {
         let started = Instant::now();
-        let result = self.commit_inner(reqs, forwarded).await;
+        let mut result = self.commit_inner(reqs, forwarded).await;
+        // A node whose disk failed while this was under way (here, or
+        // while it was forwarded to the leader) acknowledges nothing.
+        if result.is_ok()
+            && let Some(refused) = self.replica.storage_failure()
+        {
+            result = Err(refused.into());
+        }
         let label = match &result {
             Ok(_) => "ok",
             Err(s) => match s.code() {
@@ -117,22 +124,11 @@ impl PublisherService {
                     FORWARDED,
                     tonic::metadata::MetadataValue::from(self.replica.id),
                 );
-                match client.publish_batch(req).await {
-                    Ok(r) => Ok(r.into_inner().results),
-                    // The leader's own rejections pass through unchanged.
-                    Err(s)
-                        if s.code() != tonic::Code::Unavailable
-                            && s.code() != tonic::Code::Unknown =>
-                    {
-                        Err(s)
-                    }
-                    Err(s) if crate::rejection::reason_of(&s).is_some() => Err(s),
-                    Err(s) => Err(Rejection::LeaderUnreachable(format!(
-                        "node {leader}: {}",
-                        s.message()
-                    ))
-                    .into()),
-                }
+                client
+                    .publish_batch(req)
+                    .await
+                    .map(|r| r.into_inner().results)
+                    .map_err(|s| super::forwarding_failed(&format!("node {leader}"), s))
             }
         }
     }
@@ -341,16 +337,18 @@ impl Publisher for PublisherService {
     ) -> Result<Response<ChannelInfoResponse>, Status> {
         let name = req.into_inner().channel;
         let ns = self.replica.namespaces.resolve(&name)?;
-        // A valid channel that was never published to exists implicitly, at
-        // offset 0 of no epoch yet, with its namespace's settings.
-        let channel = self
-            .replica
-            .channel(&name, |c| summary(&name, &ns.name, c))
-            .unwrap_or_else(|| ChannelSummary {
+        // A valid channel that holds no state (never published to, or
+        // forgotten by a sweep) exists implicitly, at offset 0 of the epoch
+        // its next life will have, with its namespace's settings.
+        let channel = match self.replica.channel(&name, |c| summary(&name, &ns.name, c)) {
+            Some(c) => c,
+            None => ChannelSummary {
                 channel: name.clone(),
                 namespace: ns.name.clone(),
+                epoch: self.replica.history(&name, None, 1, false)?.epoch.0,
                 ..Default::default()
-            });
+            },
+        };
         Ok(Response::new(info(ns, channel)))
     }
 
@@ -419,6 +417,7 @@ impl Publisher for PublisherService {
                     .as_ref()
                     .map(|r| r.get(id).and_then(|l| *l).map_or(0, |l| l.index))
                     .or_else(|| (*id == self.replica.id).then(|| m.last_log_index.unwrap_or(0))),
+                incarnation: node.incarnation,
             })
             .chain(
                 self.replica
@@ -429,6 +428,7 @@ impl Publisher for PublisherService {
                         grpc_addr,
                         role: "fanout".to_string(),
                         matched_index: None,
+                        incarnation: 0,
                     }),
             )
             .collect();
@@ -449,6 +449,8 @@ impl Publisher for PublisherService {
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
             leader_grpc_addr,
+            incarnation: self.replica.incarnation(),
+            joining: self.replica.joining(),
         }))
     }
 }

@@ -118,6 +118,47 @@ pub fn frame(p: &Publication) -> Bytes {
     Bytes::from(buf)
 }
 
+/// Why a peer's stream was stopped: what it sent is not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME`] bytes.
+    #[error("oversized frame: {0} bytes")]
+    Oversized(usize),
+    /// The bytes after the length are not a `Publication`.
+    #[error("undecodable frame")]
+    Undecodable,
+}
+
+impl FrameError {
+    /// The QUIC stop code the stream is stopped with.
+    pub fn code(&self) -> u32 {
+        match self {
+            FrameError::Oversized(_) => 1,
+            FrameError::Undecodable => 2,
+        }
+    }
+}
+
+/// Take the next complete frame off the front of `buf`: `None` until all
+/// of it has arrived. Pure, so every byte a peer can send is tested
+/// without a socket.
+pub fn next_frame(buf: &mut bytes::BytesMut) -> Result<Option<Publication>, FrameError> {
+    let Some(len) = buf.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+        return Ok(None);
+    };
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(FrameError::Oversized(n));
+    }
+    if buf.len() < 4 + n {
+        return Ok(None);
+    }
+    let frame = buf.split_to(4 + n);
+    Publication::decode(&frame[4..])
+        .map(Some)
+        .map_err(|_| FrameError::Undecodable)
+}
+
 fn stream_of(channel: &str) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in channel.as_bytes() {
@@ -379,26 +420,21 @@ async fn read_stream(
     while let Ok(Some(chunk)) = stream.read_chunk(READ_CHUNK, true).await {
         buf.extend_from_slice(&chunk.bytes);
         let mut batch = Vec::new();
-        while let Some(len) = buf.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
-            let n = u32::from_be_bytes(len) as usize;
-            if n > MAX_FRAME {
-                tracing::warn!(peer, n, "oversized frame from peer; closing the stream");
-                let _ = stream.stop(1u32.into());
-                return;
-            }
-            if buf.len() < 4 + n {
-                break;
-            }
-            let frame = buf.split_to(4 + n);
-            let Ok(p) = Publication::decode(&frame[4..]) else {
-                tracing::warn!(peer, "undecodable frame from peer; closing the stream");
-                let _ = stream.stop(2u32.into());
-                return;
+        loop {
+            let before = buf.len();
+            let p = match next_frame(&mut buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(peer, %e, "bad frame from peer; closing the stream");
+                    let _ = stream.stop(e.code().into());
+                    return;
+                }
             };
             metrics::counter!("herald_peer_received_publications_total", "peer" => peer.clone())
                 .increment(1);
             metrics::counter!("herald_peer_received_bytes_total", "peer" => peer.clone())
-                .increment(4 + n as u64);
+                .increment((before - buf.len()) as u64);
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
@@ -505,6 +541,91 @@ mod tests {
         assert!(
             !received(&mut rx2).await,
             "a stream claiming another id than its certificate's must be closed"
+#[cfg(test)]
+mod frame_tests {
+    use bytes::BytesMut;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn publication() -> impl Strategy<Value = Publication> {
+        (
+            "[a-z:]{1,20}",
+            any::<u64>(),
+            "[a-z0-9]{0,8}",
+            proptest::collection::vec(any::<u8>(), 0..200),
+            any::<i64>(),
+        )
+            .prop_map(
+                |(channel, offset, epoch, data, published_at_ms)| Publication {
+                    channel,
+                    offset,
+                    epoch,
+                    data: data.into(),
+                    published_at_ms,
+                    ..Default::default()
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn frames_arriving_in_any_chunks_decode_in_order(
+            pubs in proptest::collection::vec(publication(), 0..6),
+            cuts in proptest::collection::vec(1usize..64, 0..40),
+        ) {
+            let stream: Vec<u8> = pubs.iter().flat_map(|p| frame(p).to_vec()).collect();
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut at = 0;
+            for cut in cuts.iter().copied().chain(std::iter::repeat(64)) {
+                if at >= stream.len() {
+                    break;
+                }
+                let end = (at + cut).min(stream.len());
+                buf.extend_from_slice(&stream[at..end]);
+                at = end;
+                while let Some(p) = next_frame(&mut buf).unwrap() {
+                    got.push(p);
+                }
+            }
+            prop_assert_eq!(got, pubs);
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn random_bytes_are_a_frame_an_error_or_a_wait_never_a_panic(
+            input in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut buf = BytesMut::from(&input[..]);
+            while let Ok(Some(_)) = next_frame(&mut buf) {}
+        }
+
+        #[test]
+        fn mutated_frames_never_panic_and_fail_only_as_documented(
+            p in publication(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        ) {
+            let mut bytes = frame(&p).to_vec();
+            for (i, b) in flips {
+                let i = i.index(bytes.len());
+                bytes[i] ^= b;
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            match next_frame(&mut buf) {
+                Ok(_) => {}
+                Err(FrameError::Oversized(n)) => prop_assert!(n > MAX_FRAME),
+                Err(FrameError::Undecodable) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_waiting_for_it() {
+        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert_eq!(
+            next_frame(&mut buf),
+            Err(FrameError::Oversized(u32::MAX as usize))
         );
     }
 }

@@ -2,6 +2,11 @@
 //! dir. Every append is a durable (fsynced) redb commit before openraft is
 //! told it is flushed, which is what lets an acknowledged publish survive a
 //! crash of any minority (guarantee 1).
+//!
+//! A failed commit is never retried: redb refuses every write after an
+//! I/O error, the error reaches openraft, which stops this node's Raft
+//! core, and [`DiskHealth`] tells the rest of the node to refuse publishes
+//! (see `crate::disk` for why).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -15,6 +20,7 @@ use redb::{
 };
 
 use super::{StorageError, TypeConfig, decode, encode};
+use crate::disk::DiskHealth;
 
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -22,24 +28,45 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
+/// This data directory's incarnation (see [`LogStore::incarnation`]).
+const INCARNATION: &str = "incarnation";
 
 /// The log store; cheap to clone (readers share the database).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
     committed_index: Arc<AtomicU64>,
+    incarnation: u64,
+    disk: DiskHealth,
 }
 
 impl LogStore {
-    /// Open the store on a shared database, creating tables as needed.
-    pub fn open(db: Arc<Database>) -> Result<Self, redb::Error> {
+    /// Open the store on a shared database, creating tables as needed;
+    /// `disk` watches the disk the database is on. A directory opened for
+    /// the first time gets a new random incarnation.
+    pub fn open(db: Arc<Database>, disk: DiskHealth) -> Result<Self, redb::Error> {
         let tx = db.begin_write()?;
         tx.open_table(LOG)?;
-        tx.open_table(META)?;
+        let incarnation = {
+            let mut meta = tx.open_table(META)?;
+            let stored = meta
+                .get(INCARNATION)?
+                .and_then(|v| decode::<u64>(v.value()).ok());
+            match stored {
+                Some(i) => i,
+                None => {
+                    let minted = rand::random_range(1..u64::MAX);
+                    meta.insert(INCARNATION, encode(&minted).as_slice())?;
+                    minted
+                }
+            }
+        };
         tx.commit()?;
         let store = Self {
             db,
             committed_index: Arc::new(AtomicU64::new(0)),
+            incarnation,
+            disk,
         };
         if let Some(c) = store.meta::<LogId<u64>>(COMMITTED).ok().flatten() {
             store.committed_index.store(c.index, Ordering::Relaxed);
@@ -47,9 +74,25 @@ impl LogStore {
         Ok(store)
     }
 
+    /// A random number minted when this data directory was first opened and
+    /// kept with the log. The Raft membership records each member's
+    /// incarnation and every Raft RPC names the one it is meant for, so a
+    /// node that lost its disk (and with it its log and its vote) is refused
+    /// as the member it used to be: it can neither vote nor count towards a
+    /// quorum until the cluster has re-added it under its new incarnation,
+    /// as a learner first (`Replica::add_node`).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     /// The highest index this node knows to be committed.
     pub fn committed_index(&self) -> Arc<AtomicU64> {
         self.committed_index.clone()
+    }
+
+    /// Whether the disk under the log has failed.
+    pub fn disk(&self) -> &DiskHealth {
+        &self.disk
     }
 
     /// Number of entries currently in the log (after compaction).
@@ -89,6 +132,18 @@ impl LogStore {
         })
     }
 
+    /// Append encoded entries in one durable commit: `Ok` only once they
+    /// are fsynced.
+    fn put_entries(&self, encoded: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+        self.write(Durability::Immediate, |tx| {
+            let mut t = tx.open_table(LOG)?;
+            for (index, bytes) in encoded {
+                t.insert(*index, bytes.as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
     /// One write transaction; every redb failure becomes a storage error.
     fn write(
         &self,
@@ -104,6 +159,39 @@ impl LogStore {
                 Ok(())
             };
             run().map_err(|e| StorageIOError::write_logs(&e).into())
+        })
+    }
+}
+
+impl LogStore {
+    /// Append `entries` after the last one and store `vote`, in one durable
+    /// transaction, outside Raft: how `herald-node recover` hands a lone
+    /// survivor a new membership and term (`crate::recovery`). Never used
+    /// while Raft runs on this store.
+    /// The data directory also takes `incarnation` as its own: the
+    /// recovered node is a new member, so a peer still holding the old
+    /// membership cannot address it as the member it was.
+    pub fn append_with_vote(
+        &self,
+        entries: &[Entry<TypeConfig>],
+        vote: &Vote<u64>,
+        incarnation: u64,
+    ) -> Result<(), StorageError> {
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| (e.log_id.index, encode(e)))
+            .collect();
+        let vote = encode(vote);
+        let incarnation = encode(&incarnation);
+        self.write(Durability::Immediate, |tx| {
+            let mut log = tx.open_table(LOG)?;
+            for (index, bytes) in &encoded {
+                log.insert(*index, bytes.as_slice())?;
+            }
+            let mut meta = tx.open_table(META)?;
+            meta.insert(VOTE, vote.as_slice())?;
+            meta.insert(INCARNATION, incarnation.as_slice())?;
+            Ok(())
         })
     }
 }
@@ -221,16 +309,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| (e.log_id.index, encode(&e)))
             .collect();
         let n = encoded.len() as u64;
-        let res = self.write(Durability::Immediate, |tx| {
-            let mut t = tx.open_table(LOG)?;
-            for (index, bytes) in &encoded {
-                t.insert(*index, bytes.as_slice())?;
-            }
-            Ok(())
-        });
-        metrics::counter!("herald_raft_log_appended_entries_total").increment(n);
-        match res {
+        match self.put_entries(&encoded) {
             Ok(()) => {
+                metrics::counter!("herald_raft_log_appended_entries_total").increment(n);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -263,9 +344,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU8;
+
     use openraft::{CommittedLeaderId, EntryPayload};
+    use redb::StorageBackend;
+    use redb::backends::FileBackend;
 
     use super::*;
+    use crate::disk::tests::{FailingFile, Fault};
+    use crate::disk::{Disk, DiskOp};
 
     fn entry(index: u64) -> Entry<TypeConfig> {
         Entry {
@@ -282,7 +369,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.redb");
         {
-            let mut store = LogStore::open(Arc::new(Database::create(&path).unwrap())).unwrap();
+            let mut store = LogStore::open(
+                Arc::new(Database::create(&path).unwrap()),
+                DiskHealth::default(),
+            )
+            .unwrap();
             let t = store.db.begin_write().unwrap();
             {
                 let mut log = t.open_table(LOG).unwrap();
@@ -293,12 +384,148 @@ mod tests {
             t.commit().unwrap();
             store.purge(entry(6).log_id).await.unwrap();
         }
-        let mut store = LogStore::open(Arc::new(Database::create(&path).unwrap())).unwrap();
+        let mut store = LogStore::open(
+            Arc::new(Database::create(&path).unwrap()),
+            DiskHealth::default(),
+        )
+        .unwrap();
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(entry(6).log_id));
         assert_eq!(state.last_log_id, Some(entry(10).log_id));
         let left = store.try_get_log_entries(7..=10).await.unwrap();
         assert_eq!(left.len(), 4);
         assert!(store.try_get_log_entries(1..=6).await.unwrap().is_empty());
+    }
+
+    /// How a test puts a database on a failing file: the node's way is
+    /// [`Disk`] straight on the file.
+    type Stack = fn(FailingFile, DiskHealth) -> Database;
+
+    fn watched(file: FailingFile, health: DiskHealth) -> Database {
+        Database::builder()
+            .create_with_backend(Disk::new(file, health))
+            .unwrap()
+    }
+
+    /// What a log store must do when its disk fails (the PostgreSQL fsync
+    /// lesson): refuse the append that hit the fault; refuse every append
+    /// after it, also once the disk works again (a retried fsync that
+    /// succeeds proves nothing); record the failure; and reopen at its
+    /// last durable commit. Returns every rule broken.
+    async fn durability_violations(fault: Fault, stack: Stack) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        let switch = Arc::new(AtomicU8::new(Fault::None as u8));
+        let health = DiskHealth::default();
+        let failing = FailingFile {
+            file: FileBackend::new(file).unwrap(),
+            fault: switch.clone(),
+        };
+        let store =
+            LogStore::open(Arc::new(stack(failing, health.clone())), health.clone()).unwrap();
+        let put = |i: u64| store.put_entries(&[(i, encode(&entry(i)))]);
+        let mut broken = Vec::new();
+        put(1).expect("a healthy disk takes entry 1");
+        switch.store(fault as u8, Ordering::SeqCst);
+        if put(2).is_ok() {
+            broken.push(format!(
+                "entry 2 acknowledged although the disk failed ({fault:?})"
+            ));
+        }
+        switch.store(Fault::None as u8, Ordering::SeqCst);
+        if put(3).is_ok() {
+            broken
+                .push("entry 3 acknowledged after the failure, once the disk worked again".into());
+        }
+        let expected = if fault == Fault::FsyncEio {
+            DiskOp::Fsync
+        } else {
+            DiskOp::Write
+        };
+        match health.failure() {
+            None => broken.push("the failure was not recorded".into()),
+            Some(f) if f.op != expected => broken.push(format!(
+                "recorded {f}, expected a failed {}",
+                expected.label()
+            )),
+            Some(_) => {}
+        }
+        drop(store);
+        let mut store = LogStore::open(
+            Arc::new(Database::create(&path).unwrap()),
+            DiskHealth::default(),
+        )
+        .unwrap();
+        let kept: Vec<u64> = store
+            .try_get_log_entries(1..=3)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        if !kept.contains(&1) {
+            broken.push(format!(
+                "entry 1, durable before the failure, is gone after reopening: {kept:?}"
+            ));
+        }
+        if kept.contains(&3) {
+            broken.push("entry 3, written after the failure, is on disk".into());
+        }
+        broken
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_write_or_full_disk_stops_the_log() {
+        for fault in [Fault::FsyncEio, Fault::WriteEio, Fault::NoSpace] {
+            let broken = durability_violations(fault, watched).await;
+            assert!(broken.is_empty(), "{fault:?}: {broken:?}");
+        }
+    }
+
+    /// The planted bug: fsync retried until it succeeds, as PostgreSQL did
+    /// before 2018. On Linux the retry succeeds (the failed pages were
+    /// dropped and marked clean), so the commit is acknowledged; the check
+    /// above must catch that.
+    #[derive(Debug)]
+    struct RetriedFsync(FailingFile);
+
+    impl StorageBackend for RetriedFsync {
+        fn len(&self) -> std::io::Result<u64> {
+            self.0.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.0.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.0.sync_data().or_else(|_| self.0.sync_data())
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.0.write(offset, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_retries_a_failed_fsync_is_caught() {
+        fn retrying(file: FailingFile, health: DiskHealth) -> Database {
+            Database::builder()
+                .create_with_backend(Disk::new(RetriedFsync(file), health))
+                .unwrap()
+        }
+        let broken = durability_violations(Fault::FsyncEio, retrying).await;
+        assert!(
+            broken.iter().any(|b| b.starts_with("entry 2 acknowledged")),
+            "{broken:?}"
+        );
+        assert!(broken.contains(&"the failure was not recorded".to_string()));
     }
 }

@@ -17,11 +17,15 @@ pub mod snapshot_data;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
 
-/// What Raft knows about a node: where to reach it.
+/// What Raft knows about a node: where to reach it, and which incarnation
+/// of its data directory is the member (a node that lost its disk comes
+/// back as a new incarnation and is not that member until re-added).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// host:port of its gRPC API.
     pub grpc_addr: String,
+    /// The member's incarnation ([`log_store::LogStore::incarnation`]).
+    pub incarnation: u64,
 }
 
 impl std::fmt::Display for NodeInfo {
@@ -69,6 +73,18 @@ pub enum Command {
         /// The node.
         id: u64,
     },
+    /// Give every channel a new epoch derived from `nonce`, keeping offsets
+    /// and history: appended by `herald-node recover` (a lost-quorum
+    /// recovery or a restore from a backup), after which continuity with
+    /// what clients saw can no longer be proved.
+    BumpEpochs {
+        /// Seeds the new epochs.
+        nonce: u64,
+    },
+    /// Reclaim state: drop expired publications and forget channels with
+    /// nothing left ([`crate::channels::ChannelTable::sweep`]); proposed by
+    /// the leader when there is something to reclaim.
+    Sweep(crate::channels::Sweep),
 }
 
 /// What applying a command produced.

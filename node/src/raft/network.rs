@@ -1,6 +1,9 @@
 //! Raft RPCs to other nodes over their gRPC port. Payloads are openraft's
 //! own types in postcard; a transport failure is reported to openraft as
-//! `Unreachable` so it backs off instead of spinning.
+//! `Unreachable` so it backs off instead of spinning. Every request names
+//! the member it is meant for ([`Addressee`]: node id and incarnation, from
+//! the membership), so a node that lost its disk refuses to act as the
+//! member it used to be.
 
 use std::time::Duration;
 
@@ -19,6 +22,38 @@ use super::{NodeInfo, TypeConfig, decode, encode};
 use crate::grpc::outbound::{Outbound, RaftClient};
 use herald_proto::v1::RaftPayload;
 
+/// Metadata key on every Raft RPC: the [`Addressee`] the sender's
+/// membership names for the receiving node.
+pub const ADDRESSEE: &str = "x-herald-raft-addressee";
+
+/// The member a Raft RPC is addressed to: `<node id>.<incarnation>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addressee {
+    /// The node id.
+    pub id: u64,
+    /// The incarnation of its data directory.
+    pub incarnation: u64,
+}
+
+impl std::fmt::Display for Addressee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.id, self.incarnation)
+    }
+}
+
+impl std::str::FromStr for Addressee {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("malformed raft addressee {s:?} (want <id>.<incarnation>)");
+        let (id, incarnation) = s.split_once('.').ok_or_else(bad)?;
+        Ok(Self {
+            id: id.parse().map_err(|_| bad())?,
+            incarnation: incarnation.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// Creates one [`PeerNetwork`] per target node.
 #[derive(Clone)]
 pub struct Network {
@@ -36,8 +71,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> Self::Network {
+        let addressee = Addressee {
+            id: target,
+            incarnation: node.incarnation,
+        };
         PeerNetwork {
             target,
+            addressee: tonic::metadata::MetadataValue::try_from(addressee.to_string())
+                .expect("digits and a dot are valid metadata"),
             client: self.outbound.raft(&node.grpc_addr),
         }
     }
@@ -46,6 +87,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// Raft RPCs to one peer.
 pub struct PeerNetwork {
     target: u64,
+    addressee: tonic::metadata::AsciiMetadataValue,
     client: Result<RaftClient, String>,
 }
 
@@ -79,6 +121,9 @@ impl PeerNetwork {
             data: encode(req).into(),
         });
         request.set_timeout(ttl);
+        request
+            .metadata_mut()
+            .insert(ADDRESSEE, self.addressee.clone());
         let response = match which {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
@@ -132,5 +177,22 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RpcErr<openraft::error::Infallible>> {
         self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Addressee;
+
+    #[test]
+    fn addressee_round_trips_and_rejects_garbage() {
+        let a = Addressee {
+            id: 3,
+            incarnation: u64::MAX,
+        };
+        assert_eq!(a.to_string().parse::<Addressee>(), Ok(a));
+        for bad in ["", "3", "3.", ".7", "x.7", "3.y", "3.7.1", "-1.2"] {
+            assert!(bad.parse::<Addressee>().is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::snapshot_data::SnapshotData;
 use super::{Command, CommandResult, NodeInfo, StorageError, TypeConfig, decode, encode};
-use crate::channels::ChannelTable;
+use crate::channels::{ChannelTable, ChannelTableV2};
 use crate::membership::ChannelMembership;
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
@@ -37,24 +37,41 @@ pub struct Applied {
     pub delivery: ChannelMembership,
 }
 
+/// [`Applied`] as versions without sweeps wrote it.
+#[derive(Deserialize)]
+struct AppliedV2 {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, NodeInfo>,
+    channels: ChannelTableV2,
+    delivery: ChannelMembership,
+}
+
 /// [`Applied`] as versions without fan-out nodes wrote it.
 #[derive(Deserialize)]
 struct AppliedV1 {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, NodeInfo>,
-    channels: ChannelTable,
+    channels: ChannelTableV2,
     delivery: crate::membership::ChannelMembershipV1,
 }
 
-/// Decode a snapshot's state, of this version or the one before.
+/// Decode a snapshot's state, of this version or an earlier one.
 fn decode_applied(bytes: &[u8]) -> Result<Applied, postcard::Error> {
     decode::<Applied>(bytes).or_else(|e| {
-        decode::<AppliedV1>(bytes)
-            .map(|v1| Applied {
-                last_applied: v1.last_applied,
-                membership: v1.membership,
-                channels: v1.channels,
-                delivery: v1.delivery.into(),
+        decode::<AppliedV2>(bytes)
+            .map(|v2| Applied {
+                last_applied: v2.last_applied,
+                membership: v2.membership,
+                channels: v2.channels.into(),
+                delivery: v2.delivery,
+            })
+            .or_else(|_| {
+                decode::<AppliedV1>(bytes).map(|v1| Applied {
+                    last_applied: v1.last_applied,
+                    membership: v1.membership,
+                    channels: v1.channels.into(),
+                    delivery: v1.delivery.into(),
+                })
             })
             .map_err(|_| e)
     })
@@ -251,6 +268,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         if s.membership.membership().get_node(&id).is_none() {
                             s.delivery.forget(id);
                         }
+                        CommandResult::None
+                    }
+                    EntryPayload::Normal(Command::BumpEpochs { nonce }) => {
+                        let changes = s.channels.bump_epochs(nonce);
+                        tracing::info!(channels = changes.len(), "channel epochs bumped");
+                        CommandResult::None
+                    }
+                    EntryPayload::Normal(Command::Sweep(sweep)) => {
+                        let swept = s.channels.sweep(&sweep);
+                        metrics::counter!("herald_swept_channels_total")
+                            .increment(swept.channels as u64);
+                        metrics::counter!("herald_swept_publications_total")
+                            .increment(swept.publications as u64);
+                        tracing::debug!(
+                            channels = swept.channels,
+                            publications = swept.publications,
+                            "state swept"
+                        );
                         CommandResult::None
                     }
                     EntryPayload::Membership(m) => {

@@ -52,6 +52,9 @@ impl Request {
         let Some(channel) = client.permitted_channel(id, &self.channel, Action::History) else {
             return Ok(());
         };
+        let Some(permit) = client.cluster_call(id) else {
+            return Ok(());
+        };
         let upstream = client.edge.upstream.clone();
         let outbox = client.outbox.clone();
         let format = client.format;
@@ -97,6 +100,7 @@ impl Request {
             };
             let bytes = answer.await.unwrap_or_else(|e| format.error(id, &e));
             let _ = outbox.push(crate::outbox::Item::Frame(bytes));
+            drop(permit);
         });
         Ok(())
     }

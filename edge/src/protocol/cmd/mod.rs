@@ -66,6 +66,11 @@ impl Command {
             // Anything but connect before connect is a protocol violation.
             return Err(Disconnect::BAD_REQUEST);
         }
+        // A pong answers the server's ping and costs nothing; everything
+        // else is paid for (crate::budget).
+        if !matches!(self, Command::Pong) && !client.within_budget(id) {
+            return Ok(());
+        }
         match self {
             Command::Connect(r) => r.apply(id, client),
             Command::Subscribe(r) => r.apply(id, client),

@@ -28,6 +28,9 @@ impl Request {
         let Some(channel) = client.permitted_channel(id, &self.channel, Action::Presence) else {
             return Ok(());
         };
+        let Some(permit) = client.cluster_call(id) else {
+            return Ok(());
+        };
         let upstream = client.edge.upstream.clone();
         let outbox = client.outbox.clone();
         let format = client.format;
@@ -64,6 +67,7 @@ impl Request {
             };
             let bytes = answer.await.unwrap_or_else(|e| format.error(id, &e));
             let _ = outbox.push(crate::outbox::Item::Frame(bytes));
+            drop(permit);
         });
         Ok(())
     }

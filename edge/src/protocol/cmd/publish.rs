@@ -65,6 +65,9 @@ impl Request {
         let Some(channel) = client.permitted_channel(id, &self.channel, Action::Publish) else {
             return Ok(());
         };
+        let Some(permit) = client.cluster_call(id) else {
+            return Ok(());
+        };
         let upstream = client.edge.upstream.clone();
         let outbox = client.outbox.clone();
         let client_id = client.client_id.clone();
@@ -99,6 +102,7 @@ impl Request {
                 Err(e) => format.error(id, &e),
             };
             let _ = outbox.push(crate::outbox::Item::Frame(bytes));
+            drop(permit);
         });
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! `refresh`: replace the connection token before it expires. The new token
 //! must be valid and for the same user; its capabilities and expiry replace
-//! the old ones. An expired token is error 109, an invalid one or another
-//! user's disconnect 3500.
+//! the old ones, and every subscription the new capabilities no longer
+//! allow ends at once (unsubscribe push 2000), so a narrower token never
+//! keeps receiving what it lost. An expired token is error 109, an invalid
+//! one or another user's disconnect 3500.
 
 use herald_proto::client_v2 as pb;
 use serde::{Deserialize, Serialize};
@@ -72,6 +74,7 @@ impl Request {
         };
         client.reply(id, reply);
         client.identity = Some(identity);
+        client.revoke_disallowed();
         Ok(())
     }
 }

@@ -81,6 +81,9 @@ impl Request {
             offset: Offset(self.offset),
         });
         client.subscriptions.insert(channel.clone(), expires_at);
+        if !self.token.is_empty() {
+            client.token_subscriptions.insert(channel.clone());
+        }
         let hub = client.edge.hub.clone();
         hub.subscribe(&channel, client.id(), client.outbox.clone(), id, recover);
         client.join_presence(&channel);

@@ -31,7 +31,7 @@ use crate::usage::{self, Watched};
 /// How long a started server gets to accept connections.
 const START_PATIENCE: Duration = Duration::from_secs(60);
 /// The secret every system verifies client tokens with.
-pub(crate) const TOKEN_SECRET: &str = "herald-bench-compare-secret";
+pub(crate) const TOKEN_SECRET: &str = "herald-bench-compare-secret-of-32-bytes";
 /// Centrifugo's HTTP API key.
 pub(crate) const API_KEY: &str = "herald-bench-compare-key";
 /// History kept per channel on every system that keeps one: the same as the
