@@ -393,16 +393,17 @@ impl Cluster {
         let extra: Vec<OsString> = extra
             .into_iter()
             .map(|a| match a.to_str() {
-                Some(text) if text.contains("{id}") => {
-                    text.replace("{id}", &id.to_string()).into()
-                }
+                Some(text) if text.contains("{id}") => text.replace("{id}", &id.to_string()).into(),
                 _ => a,
             })
             .collect();
         let brings_quic = extra.iter().any(|a| a == "--quic-listen");
+        // A test that brings its own certificates (gRPC over TLS) has the
+        // QUIC plane use them too.
+        let brings_tls = extra.iter().any(|a| a == "--tls-ca");
         args.extend(extra);
         if self.opts.quic && !brings_quic {
-            args.extend(self.quic_args(id)?);
+            args.extend(self.quic_args(id, brings_tls)?);
         }
         let (program, command) = match &self.net {
             None => (binary.to_path_buf(), Vec::new()),
@@ -439,7 +440,14 @@ impl Cluster {
     /// making the cluster's certificates on first use. On loopback each
     /// node takes a free UDP port and advertises it; in a network namespace
     /// it listens on its own address's port 7300.
-    fn quic_args(&self, id: u64) -> anyhow::Result<Vec<OsString>> {
+    fn quic_args(&self, id: u64, brings_tls: bool) -> anyhow::Result<Vec<OsString>> {
+        let listen = match &self.net {
+            None => "127.0.0.1:0".to_string(),
+            Some(_) => format!("0.0.0.0:{ISOLATED_QUIC_PORT}"),
+        };
+        if brings_tls {
+            return Ok(vec!["--quic-listen".into(), listen.into()]);
+        }
         let tls = self.dir().join("tls");
         if !tls.join("ca.pem").exists() {
             let out = std::process::Command::new(binary::herald_cli())
@@ -455,10 +463,6 @@ impl Cluster {
                 );
             }
         }
-        let listen = match &self.net {
-            None => "127.0.0.1:0".to_string(),
-            Some(_) => format!("0.0.0.0:{ISOLATED_QUIC_PORT}"),
-        };
         Ok(vec![
             "--quic-listen".into(),
             listen.into(),

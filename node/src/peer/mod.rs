@@ -541,6 +541,10 @@ mod tests {
         assert!(
             !received(&mut rx2).await,
             "a stream claiming another id than its certificate's must be closed"
+        );
+    }
+}
+
 #[cfg(test)]
 mod frame_tests {
     use bytes::BytesMut;
