@@ -440,6 +440,44 @@ mod tests {
         rx.recv().expect("the writer reports every write")
     }
 
+    /// `append` returns before the commit, and openraft may read what it
+    /// appended right away (replication, apply): entries queued for the
+    /// writer are served from its queue, and the log state counts them.
+    #[tokio::test]
+    async fn queued_entries_are_readable_before_their_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("log.redb")).unwrap());
+        let mut store = LogStore::open(db.clone(), DiskHealth::default()).unwrap();
+        append_and_wait(&store, 1).unwrap();
+        let stall = db.begin_write().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.writer.submit(Write::Append {
+            entries: (2..=3).map(|i| (i, encode(&entry(i)).into())).collect(),
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        let read: Vec<u64> = store
+            .try_get_log_entries(1..=3)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(read, [1, 2, 3]);
+        assert_eq!(
+            store.get_log_state().await.unwrap().last_log_id,
+            Some(entry(3).log_id)
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "not flushed while the writer is stalled"
+        );
+        drop(stall);
+        rx.recv().unwrap().unwrap();
+        assert_eq!(store.len(), 3);
+    }
+
     /// How a test puts a database on a failing file: the node's way is
     /// [`Disk`] straight on the file.
     type Stack = fn(FailingFile, DiskHealth) -> Database;

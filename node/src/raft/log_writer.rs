@@ -268,3 +268,308 @@ fn commit(db: &Database, group: &[Write]) -> Result<(), redb::Error> {
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use redb::backends::FileBackend;
+    use redb::{ReadableDatabase, ReadableTable, StorageBackend};
+
+    use super::*;
+    use crate::disk::tests::{FailingFile, Fault};
+    use crate::disk::{Disk, DiskHealth, DiskOp};
+
+    /// A database file that fails on demand and counts its fsyncs.
+    #[derive(Debug)]
+    struct Counted {
+        file: FailingFile,
+        syncs: Arc<AtomicUsize>,
+    }
+
+    impl StorageBackend for Counted {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.file.write(offset, data)
+        }
+    }
+
+    type Completions = Arc<Mutex<Vec<(&'static str, Result<(), WriteFailed>)>>>;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        db: Arc<Database>,
+        writer: LogWriter,
+        syncs: Arc<AtomicUsize>,
+        fault: Arc<AtomicU8>,
+        health: DiskHealth,
+        completions: Completions,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.path().join("log.redb"))
+                .unwrap();
+            let fault = Arc::new(AtomicU8::new(Fault::None as u8));
+            let syncs = Arc::new(AtomicUsize::new(0));
+            let health = DiskHealth::default();
+            let counted = Counted {
+                file: FailingFile {
+                    file: FileBackend::new(file).unwrap(),
+                    fault: fault.clone(),
+                },
+                syncs: syncs.clone(),
+            };
+            let db = Arc::new(
+                Database::builder()
+                    .create_with_backend(Disk::new(counted, health.clone()))
+                    .unwrap(),
+            );
+            let tx = db.begin_write().unwrap();
+            tx.open_table(LOG).unwrap();
+            tx.open_table(META).unwrap();
+            tx.commit().unwrap();
+            Self {
+                _dir: dir,
+                writer: LogWriter::start(db.clone()).unwrap(),
+                db,
+                syncs,
+                fault,
+                health,
+                completions: Completions::default(),
+            }
+        }
+
+        fn done(&self, name: &'static str) -> Done {
+            let completions = self.completions.clone();
+            Box::new(move |r| completions.lock().unwrap().push((name, r)))
+        }
+
+        fn append(&self, name: &'static str, indexes: &[u64]) {
+            let entries = indexes.iter().map(|&i| (i, bytes(name, i))).collect();
+            self.writer.submit(Write::Append {
+                entries,
+                done: self.done(name),
+            });
+        }
+
+        /// The completions, once there are `n` of them.
+        fn completed(&self, n: usize) -> Vec<(&'static str, Result<(), WriteFailed>)> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let got = self.completions.lock().unwrap().clone();
+                if got.len() >= n || Instant::now() > deadline {
+                    return got;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+
+        fn stored(&self) -> Vec<(u64, Vec<u8>)> {
+            let r = self.db.begin_read().unwrap();
+            let t = r.open_table(LOG).unwrap();
+            t.iter()
+                .unwrap()
+                .map(|kv| {
+                    let (k, v) = kv.unwrap();
+                    (k.value(), v.value().to_vec())
+                })
+                .collect()
+        }
+
+        /// Hold redb's one write transaction, so the writer stalls and
+        /// what is submitted meanwhile queues up behind it.
+        fn stall(&self) -> redb::WriteTransaction {
+            self.db.begin_write().unwrap()
+        }
+    }
+
+    fn bytes(name: &str, i: u64) -> Arc<[u8]> {
+        format!("{name}/{i}").into_bytes().into()
+    }
+
+    fn names(c: &[(&'static str, Result<(), WriteFailed>)]) -> Vec<&'static str> {
+        c.iter().map(|(n, _)| *n).collect()
+    }
+
+    #[test]
+    fn writes_are_applied_and_reported_in_submission_order() {
+        let f = Fixture::new();
+        let stall = f.stall();
+        f.append("a", &[1, 2, 3]);
+        f.writer.submit(Write::Truncate {
+            from: 2,
+            done: f.done("truncate"),
+        });
+        f.append("b", &[2]);
+        f.writer.submit(Write::Meta {
+            key: "vote",
+            value: b"v".to_vec(),
+            durable: true,
+            done: Some(f.done("vote")),
+        });
+        drop(stall);
+        let done = f.completed(4);
+        assert_eq!(names(&done), ["a", "truncate", "b", "vote"]);
+        assert!(done.iter().all(|(_, r)| r.is_ok()), "{done:?}");
+        assert_eq!(
+            f.stored(),
+            [(1, b"a/1".to_vec()), (2, b"b/2".to_vec())],
+            "entry 3 truncated, entry 2 replaced"
+        );
+        assert!(f.writer.pending().range(..).is_empty());
+    }
+
+    #[test]
+    fn queued_appends_share_one_fsync() {
+        let f = Fixture::new();
+        let before = f.syncs.load(Ordering::SeqCst);
+        f.append("alone", &[1]);
+        f.completed(1);
+        let one_commit = f.syncs.load(Ordering::SeqCst) - before;
+        assert!(one_commit >= 1, "a durable commit fsyncs");
+
+        let stall = f.stall();
+        for (i, name) in ["w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9"]
+            .into_iter()
+            .enumerate()
+        {
+            f.append(name, &[i as u64 + 2]);
+        }
+        let before = f.syncs.load(Ordering::SeqCst);
+        drop(stall);
+        let done = f.completed(9);
+        assert!(done.iter().all(|(_, r)| r.is_ok()), "{done:?}");
+        let eight = f.syncs.load(Ordering::SeqCst) - before;
+        // The writer may have taken the first append before the stall
+        // began; the other seven were queued and committed together.
+        assert!(
+            eight <= 2 * one_commit,
+            "8 queued appends took {eight} fsyncs, one commit takes {one_commit}"
+        );
+        assert_eq!(f.stored().len(), 9);
+    }
+
+    #[test]
+    fn a_commit_index_alone_is_not_fsynced() {
+        let f = Fixture::new();
+        let before = f.syncs.load(Ordering::SeqCst);
+        f.writer.submit(Write::Meta {
+            key: "committed",
+            value: b"c".to_vec(),
+            durable: false,
+            done: Some(f.done("committed")),
+        });
+        assert!(f.completed(1)[0].1.is_ok());
+        assert_eq!(f.syncs.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_its_group_and_every_write_after() {
+        let f = Fixture::new();
+        f.append("a", &[1]);
+        assert!(f.completed(1)[0].1.is_ok());
+
+        let stall = f.stall();
+        f.append("b", &[2]);
+        f.append("c", &[3]);
+        f.fault.store(Fault::FsyncEio as u8, Ordering::SeqCst);
+        drop(stall);
+        let done = f.completed(3);
+        assert_eq!(names(&done), ["a", "b", "c"]);
+        assert!(done[1].1.is_err() && done[2].1.is_err(), "{done:?}");
+        assert_eq!(f.health.failure().map(|x| x.op), Some(DiskOp::Fsync));
+
+        // The disk works again (Linux reports a writeback error once): the
+        // writer must still refuse, without touching the disk.
+        assert_eq!(f.fault.load(Ordering::SeqCst), Fault::None as u8);
+        let syncs = f.syncs.load(Ordering::SeqCst);
+        f.append("d", &[4]);
+        let vote = Arc::new(Mutex::new(None));
+        let seen = vote.clone();
+        f.writer.submit(Write::Meta {
+            key: "vote",
+            value: b"v".to_vec(),
+            durable: true,
+            done: Some(Box::new(move |r| *seen.lock().unwrap() = Some(r))),
+        });
+        let done = f.completed(4);
+        assert!(matches!(done[3].1, Err(WriteFailed::Commit(_))), "{done:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vote.lock().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(matches!(*vote.lock().unwrap(), Some(Err(_))));
+        assert_eq!(f.syncs.load(Ordering::SeqCst), syncs, "nothing retried");
+    }
+
+    #[test]
+    fn a_truncate_waits_for_the_appends_queued_before_it() {
+        let f = Fixture::new();
+        let stall = f.stall();
+        f.append("a", &[1, 2, 3, 4, 5]);
+        // Readable as soon as submitted, before any commit.
+        let pending: Vec<u64> = f.writer.pending().range(..).iter().map(|e| e.0).collect();
+        assert_eq!(pending, [1, 2, 3, 4, 5]);
+        f.writer.submit(Write::Truncate {
+            from: 3,
+            done: f.done("truncate"),
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            f.completions.lock().unwrap().is_empty(),
+            "nothing completes while the appends before it are not committed"
+        );
+        drop(stall);
+        let done = f.completed(2);
+        assert_eq!(names(&done), ["a", "truncate"]);
+        assert!(done.iter().all(|(_, r)| r.is_ok()), "{done:?}");
+        let kept: Vec<u64> = f.stored().iter().map(|e| e.0).collect();
+        assert_eq!(kept, [1, 2]);
+        assert!(f.writer.pending().range(..).is_empty());
+    }
+
+    #[test]
+    fn a_purge_is_sequenced_after_queued_appends() {
+        let f = Fixture::new();
+        let stall = f.stall();
+        f.append("a", &[1, 2, 3, 4]);
+        f.writer.submit(Write::Purge {
+            upto: 2,
+            marker: ("last_purged", b"2".to_vec()),
+            done: f.done("purge"),
+        });
+        drop(stall);
+        let done = f.completed(2);
+        assert_eq!(names(&done), ["a", "purge"]);
+        let kept: Vec<u64> = f.stored().iter().map(|e| e.0).collect();
+        assert_eq!(kept, [3, 4]);
+    }
+
+    #[test]
+    fn a_stopped_writer_refuses_at_once() {
+        let mut f = Fixture::new();
+        drop(f.writer.tx.take());
+        f.append("late", &[1]);
+        assert!(matches!(f.completed(1)[0].1, Err(WriteFailed::Stopped)));
+    }
+}
