@@ -572,4 +572,74 @@ mod tests {
         f.append("late", &[1]);
         assert!(matches!(f.completed(1)[0].1, Err(WriteFailed::Stopped)));
     }
+
+    /// What one durable commit of the log costs on this disk, against the
+    /// floor an append-only file would pay (one write and one fdatasync):
+    /// the measurement behind keeping redb as the log store
+    /// (`docs/benchmarks.md`, "The log writer"). Run it in release:
+    /// `cargo test --release -p herald-node --lib commit_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn commit_cost() {
+        const ROUNDS: usize = 500;
+        let entry = vec![7u8; 1024];
+        let pct = |mut v: Vec<Duration>, p: f64| {
+            v.sort();
+            v[((v.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3
+        };
+        let report = |what: &str, v: Vec<Duration>, syncs: Option<usize>| {
+            let per = syncs.map_or(String::new(), |s| {
+                format!(", {:.1} fsyncs per commit", s as f64 / ROUNDS as f64)
+            });
+            println!(
+                "{what}: p50 {:.3} ms, p99 {:.3} ms{per}",
+                pct(v.clone(), 0.5),
+                pct(v, 0.99)
+            );
+        };
+
+        let f = Fixture::new();
+        let before = f.syncs.load(Ordering::SeqCst);
+        let mut times = Vec::with_capacity(ROUNDS);
+        for i in 0..ROUNDS as u64 {
+            let (tx, rx) = mpsc::channel();
+            let start = Instant::now();
+            f.writer.submit(Write::Append {
+                entries: vec![(i, entry.clone().into())],
+                done: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            });
+            rx.recv().unwrap().unwrap();
+            times.push(start.elapsed());
+        }
+        let syncs = f.syncs.load(Ordering::SeqCst) - before;
+        report(
+            "redb commit through the writer, 1 KiB entry",
+            times,
+            Some(syncs),
+        );
+
+        use std::io::{Seek, SeekFrom, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        for (what, prealloc) in [
+            ("append + fdatasync, growing file", false),
+            ("write + fdatasync, preallocated segment", true),
+        ] {
+            let mut file = std::fs::File::create(dir.path().join(what)).unwrap();
+            if prealloc {
+                file.write_all(&vec![0u8; ROUNDS * entry.len()]).unwrap();
+                file.sync_all().unwrap();
+                file.seek(SeekFrom::Start(0)).unwrap();
+            }
+            let mut times = Vec::with_capacity(ROUNDS);
+            for _ in 0..ROUNDS {
+                let start = Instant::now();
+                file.write_all(&entry).unwrap();
+                file.sync_data().unwrap();
+                times.push(start.elapsed());
+            }
+            report(what, times, None);
+        }
+    }
 }
