@@ -12,6 +12,14 @@
 //! reordered with the log (openraft requires its storage writes to be
 //! serialized).
 //!
+//! openraft 0.9 still awaits each append's flush before it runs its next
+//! command, so one Raft core rarely has two appends queued here; what the
+//! thread buys is that the wait is an `.await` (the worker runs other
+//! tasks, such as the gRPC handlers and the proposer, meanwhile) instead of
+//! a blocked worker, and that the commit index rides along with the next
+//! durable commit instead of costing a transaction of its own. Grouping
+//! publications into entries stays the proposer's job (`crate::proposer`).
+//!
 //! A failed commit is never retried: every write of that group, and every
 //! write after it, completes with the error (see `crate::disk` for why a
 //! retried fsync proves nothing). Appended entries stay readable from
