@@ -1,13 +1,18 @@
 //! The Raft log, vote and commit index in a redb database under the data
 //! dir. Every append is a durable (fsynced) redb commit before openraft is
 //! told it is flushed, which is what lets an acknowledged publish survive a
-//! crash of any minority (guarantee 1).
+//! crash of any minority (guarantee 1). The commits happen on the log's
+//! writer thread ([`super::log_writer`]): `append` returns at once and the
+//! flush is reported when the fsync returned, so openraft's core task
+//! never waits inside a disk call; the vote, truncates and purges go
+//! through the same thread, in order, and are awaited.
 //!
 //! A failed commit is never retried: redb refuses every write after an
 //! I/O error, the error reaches openraft, which stops this node's Raft
 //! core, and [`DiskHealth`] tells the rest of the node to refuse publishes
 //! (see `crate::disk` for why).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
@@ -19,6 +24,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
+use super::log_writer::{Done, LogWriter, Write, WriteFailed};
 use super::{StorageError, TypeConfig, decode, encode};
 use crate::disk::DiskHealth;
 
@@ -38,6 +44,7 @@ pub struct LogStore {
     committed_index: Arc<AtomicU64>,
     incarnation: u64,
     disk: DiskHealth,
+    writer: Arc<LogWriter>,
 }
 
 impl LogStore {
@@ -62,11 +69,13 @@ impl LogStore {
             }
         };
         tx.commit()?;
+        let writer = Arc::new(LogWriter::start(db.clone()).map_err(redb::Error::Io)?);
         let store = Self {
             db,
             committed_index: Arc::new(AtomicU64::new(0)),
             incarnation,
             disk,
+            writer,
         };
         if let Some(c) = store.meta::<LogId<u64>>(COMMITTED).ok().flatten() {
             store.committed_index.store(c.index, Ordering::Relaxed);
@@ -95,7 +104,8 @@ impl LogStore {
         &self.disk
     }
 
-    /// Number of entries currently in the log (after compaction).
+    /// Number of entries currently committed to the log database (after
+    /// compaction; appends still queued for the writer are not counted).
     pub fn len(&self) -> u64 {
         self.db
             .begin_read()
@@ -124,24 +134,13 @@ impl LogStore {
         ))
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
-        let bytes = encode(value);
-        self.write(Durability::Immediate, |tx| {
-            tx.open_table(META)?.insert(key, bytes.as_slice())?;
-            Ok(())
-        })
-    }
-
-    /// Append encoded entries in one durable commit: `Ok` only once they
-    /// are fsynced.
-    fn put_entries(&self, encoded: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
-        self.write(Durability::Immediate, |tx| {
-            let mut t = tx.open_table(LOG)?;
-            for (index, bytes) in encoded {
-                t.insert(*index, bytes.as_slice())?;
-            }
-            Ok(())
-        })
+    /// Hand `write` to the writer thread and wait until it is durable.
+    async fn write_through(&self, make: impl FnOnce(Done) -> Write) -> Result<(), WriteFailed> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.submit(make(Box::new(move |r| {
+            let _ = tx.send(r);
+        })));
+        rx.await.unwrap_or(Err(WriteFailed::Stopped))
     }
 
     /// One write transaction; every redb failure becomes a storage error.
@@ -228,15 +227,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(s) => Bound::Excluded(*s),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let mut out = Vec::new();
+        // Committed entries first, then those still queued for the writer:
+        // an index in both was appended again, and the queued bytes win.
+        let mut found = BTreeMap::new();
         for item in t
             .range::<u64>((start, end))
             .map_err(|e| StorageIOError::read_logs(&e))?
         {
-            let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            out.push(decode(v.value()).map_err(|e| StorageIOError::read_logs(&e))?);
+            let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            found.insert(k.value(), Bytes::Stored(v));
         }
-        Ok(out)
+        for (index, bytes) in self.writer.pending().range((start, end)) {
+            found.insert(index, Bytes::Pending(bytes));
+        }
+        found
+            .values()
+            .map(|b| decode(b.as_slice()).map_err(|e| StorageIOError::read_logs(&e).into()))
+            .collect()
+    }
+}
+
+/// An entry's bytes, from the database or from the writer's queue.
+enum Bytes<'a> {
+    Stored(redb::AccessGuard<'a, &'static [u8]>),
+    Pending(Arc<[u8]>),
+}
+
+impl Bytes<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Stored(v) => v.value(),
+            Bytes::Pending(b) => b,
+        }
     }
 }
 
@@ -252,10 +274,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let t = r
             .open_table(LOG)
             .map_err(|e| StorageIOError::read_logs(&e))?;
-        let last = match t.last().map_err(|e| StorageIOError::read_logs(&e))? {
-            Some((_, v)) => {
+        let stored = t.last().map_err(|e| StorageIOError::read_logs(&e))?;
+        let stored = stored.map(|(k, v)| (k.value(), Bytes::Stored(v)));
+        let queued = self
+            .writer
+            .pending()
+            .last()
+            .map(|(i, b)| (i, Bytes::Pending(b)));
+        let last = match stored.into_iter().chain(queued).max_by_key(|(i, _)| *i) {
+            Some((_, bytes)) => {
                 let e: Entry<TypeConfig> =
-                    decode(v.value()).map_err(|e| StorageIOError::read_logs(&e))?;
+                    decode(bytes.as_slice()).map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(e.log_id)
             }
             None => last_purged,
@@ -271,7 +300,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        self.put_meta(VOTE, vote)
+        let value = encode(vote);
+        self.write_through(|done| Write::Meta {
+            key: VOTE,
+            value,
+            durable: true,
+            done: Some(done),
+        })
+        .await
+        .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -283,12 +320,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.committed_index.store(c.index, Ordering::Relaxed);
         }
         // Losing the latest commit index in a crash is harmless (it is
-        // re-learned from the leader), so this write is not fsynced.
-        let bytes = encode(&committed);
-        self.write(Durability::None, |tx| {
-            tx.open_table(META)?.insert(COMMITTED, bytes.as_slice())?;
-            Ok(())
-        })
+        // re-learned from the leader), so this write is not fsynced and not
+        // waited for: it rides along with the next commit.
+        self.writer.submit(Write::Meta {
+            key: COMMITTED,
+            value: encode(&committed),
+            durable: false,
+            done: None,
+        });
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError> {
@@ -304,41 +344,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries
+        let entries: Vec<(u64, Arc<[u8]>)> = entries
             .into_iter()
-            .map(|e| (e.log_id.index, encode(&e)))
+            .map(|e| (e.log_id.index, encode(&e).into()))
             .collect();
-        let n = encoded.len() as u64;
-        match self.put_entries(&encoded) {
-            Ok(()) => {
-                metrics::counter!("herald_raft_log_appended_entries_total").increment(n);
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
-            }
-        }
+        self.writer.submit(Write::Append {
+            entries,
+            done: Box::new(move |r| {
+                callback.log_io_completed(r.map_err(std::io::Error::other));
+            }),
+        });
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
-        self.write(Durability::Immediate, |tx| {
-            tx.open_table(LOG)?
-                .retain_in(log_id.index.., |_, _| false)?;
-            Ok(())
+        self.write_through(|done| Write::Truncate {
+            from: log_id.index,
+            done,
         })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
         // Stored as the `LogId` itself: `get_log_state` decodes exactly that.
-        let bytes = encode(&log_id);
-        self.write(Durability::Immediate, |tx| {
-            tx.open_table(META)?.insert(PURGED, bytes.as_slice())?;
-            tx.open_table(LOG)?
-                .retain_in(..=log_id.index, |_, _| false)?;
-            Ok(())
+        let marker = (PURGED, encode(&log_id));
+        self.write_through(|done| Write::Purge {
+            upto: log_id.index,
+            marker,
+            done,
         })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
 
@@ -397,6 +434,57 @@ mod tests {
         assert!(store.try_get_log_entries(1..=6).await.unwrap().is_empty());
     }
 
+    /// Append entry `i` the way `append` does, through the writer, and
+    /// wait for the flush to be reported.
+    fn append_and_wait(store: &LogStore, i: u64) -> Result<(), WriteFailed> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.writer.submit(Write::Append {
+            entries: vec![(i, encode(&entry(i)).into())],
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        rx.recv().expect("the writer reports every write")
+    }
+
+    /// `append` returns before the commit, and openraft may read what it
+    /// appended right away (replication, apply): entries queued for the
+    /// writer are served from its queue, and the log state counts them.
+    #[tokio::test]
+    async fn queued_entries_are_readable_before_their_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("log.redb")).unwrap());
+        let mut store = LogStore::open(db.clone(), DiskHealth::default()).unwrap();
+        append_and_wait(&store, 1).unwrap();
+        let stall = db.begin_write().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.writer.submit(Write::Append {
+            entries: (2..=3).map(|i| (i, encode(&entry(i)).into())).collect(),
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        let read: Vec<u64> = store
+            .try_get_log_entries(1..=3)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(read, [1, 2, 3]);
+        assert_eq!(
+            store.get_log_state().await.unwrap().last_log_id,
+            Some(entry(3).log_id)
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "not flushed while the writer is stalled"
+        );
+        drop(stall);
+        rx.recv().unwrap().unwrap();
+        assert_eq!(store.len(), 3);
+    }
+
     /// How a test puts a database on a failing file: the node's way is
     /// [`Disk`] straight on the file.
     type Stack = fn(FailingFile, DiskHealth) -> Database;
@@ -430,7 +518,7 @@ mod tests {
         };
         let store =
             LogStore::open(Arc::new(stack(failing, health.clone())), health.clone()).unwrap();
-        let put = |i: u64| store.put_entries(&[(i, encode(&entry(i)))]);
+        let put = |i: u64| append_and_wait(&store, i);
         let mut broken = Vec::new();
         put(1).expect("a healthy disk takes entry 1");
         switch.store(fault as u8, Ordering::SeqCst);

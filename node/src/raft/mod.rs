@@ -1,4 +1,5 @@
-//! Raft plumbing: openraft's type configuration, the redb-backed log store,
+//! Raft plumbing: openraft's type configuration, the redb-backed log store
+//! and its writer thread,
 //! the state machine that feeds committed entries to the [`ChannelTable`],
 //! and the gRPC network between nodes. Application logic lives in
 //! [`crate::channels`]; this module only moves entries and bytes.
@@ -12,6 +13,7 @@ use crate::channels::{Accepted, Proposal};
 // openraft's `StorageError` is large, and its trait signatures fix the type.
 #[allow(clippy::result_large_err)]
 pub mod log_store;
+pub mod log_writer;
 pub mod network;
 pub mod snapshot_data;
 #[allow(clippy::result_large_err)]

@@ -101,6 +101,12 @@ impl StepReport {
             .map(|m| (m - self.nodes_cpu() - bench).max(0.0))
     }
 
+    /// The nodes' CPU time per acknowledged publish, in milliseconds
+    /// (server CPU-seconds ÷ publications).
+    fn cpu_ms_per_publication(&self) -> Option<f64> {
+        (self.acked > 0).then(|| self.nodes_cpu() * 10.0 / self.acked_per_sec())
+    }
+
     fn nodes_rss(&self) -> f64 {
         self.nodes.iter().map(|n| n.rss_mib).sum()
     }
@@ -130,11 +136,11 @@ pub(crate) fn preamble(run: &RunInfo, nodes: usize) -> Vec<String> {
     ]
 }
 
-pub(crate) const TABLE_HEADER: &str = "concurrency   acked/s    p50 ms    p90 ms    p99 ms    max ms   errors  entries/s  pubs/entry   nodes CPU%   nodes RSS MiB   bench CPU%   other CPU%";
+pub(crate) const TABLE_HEADER: &str = "concurrency   acked/s    p50 ms    p90 ms    p99 ms    max ms   errors  entries/s  pubs/entry   nodes CPU%   CPU ms/pub   nodes RSS MiB   bench CPU%   other CPU%";
 
 pub(crate) fn table_row(s: &StepReport) -> String {
     format!(
-        "{:>11} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>11} {:>12.0} {:>15.1} {:>12.0} {:>12}",
+        "{:>11} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>11} {:>12.0} {:>12} {:>15.1} {:>12.0} {:>12}",
         s.concurrency,
         s.acked_per_sec(),
         s.ms_at(0.50),
@@ -147,6 +153,8 @@ pub(crate) fn table_row(s: &StepReport) -> String {
         s.grouping
             .map_or("-".to_string(), |g| format!("{:.1}", g.items_per_entry)),
         s.nodes_cpu(),
+        s.cpu_ms_per_publication()
+            .map_or("-".to_string(), |c| format!("{c:.3}")),
         s.nodes_rss(),
         s.bench.as_ref().map_or(0.0, |b| b.cpu_percent),
         s.other_cpu().map_or("-".to_string(), |o| format!("{o:.0}")),
@@ -243,6 +251,7 @@ pub(crate) fn json(run: &RunInfo, steps: &[StepReport]) -> Value {
             "raft_entries_per_sec": s.entries_per_sec().map(|e| round(e, 1)),
             "publishes_per_entry": s.grouping.map(|g| round(g.items_per_entry, 2)),
             "nodes": s.nodes.iter().map(usage).collect::<Vec<_>>(),
+            "nodes_cpu_ms_per_publication": s.cpu_ms_per_publication().map(|c| round(c, 4)),
             "bench": s.bench.as_ref().map(usage),
             "machine_cpu_percent": s.machine_cpu_percent.map(|m| round(m, 1)),
             "other_cpu_percent": s.other_cpu().map(|o| round(o, 1)),
