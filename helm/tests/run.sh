@@ -17,7 +17,10 @@
 #      and on the rules the chart renders; every metric the alerts and the
 #      dashboard use is exported by the node or edge code.
 #   4. every flag and variable the chart passes is accepted by the binary,
-#      and the rendered pods run locally until their probes pass; a client
+#      and the rendered pods run locally until their probes pass (nodes
+#      with their own certificates from `herald certs`, gRPC over TLS,
+#      where the values ask for it; each pod's certificate is checked at
+#      render time, and a swapped one is caught); a client
 #      receives a publication through the rendered edge; the membership
 #      Jobs scale the voters 3 -> 5 -> 3.
 #   5. a real Prometheus scrapes a local cluster; the dashboard's publish
@@ -124,10 +127,21 @@ reject "a misspelt nested key" --set edge.ingress.tlss=x
 reject "a wrong type" --set node.grpcPort=grpc
 reject "an unknown enum value" --set node.antiAffinity=always
 reject "a Raft timeout the node refuses" --set node.raft.electionTimeoutMs=150
+reject "cert-manager without an issuer" --set tls.certManager.enabled=true
+reject "an unknown TLS mode" --set tls.mode=none
 reject "edges nobody could connect to" --set auth.jwt.hs256SecretKey= --set edge.allowAnonymous=false
 
 step "strict manifest validation"
-"$VALIDATE" manifests -external-secret herald-credentials -external-secret herald-node-tls "$RENDER"/*.yaml "$OUT"/scale-*.yaml
+"$VALIDATE" manifests -external-secret herald-credentials -external-secret herald-node-tls -external-secret herald-certs -external-secret herald-node-certs "$RENDER"/*.yaml "$OUT"/scale-*.yaml
+# A node pod given another node's certificate (node-1's files swapped
+# with node-2's) is caught at render time.
+sed -e 's/key: node-1\.pem$/key: node-X.pem/' -e 's/key: node-2\.pem$/key: node-1.pem/' -e 's/key: node-X\.pem$/key: node-2.pem/' \
+  "$RENDER/default.yaml" >"$OUT/swapped-certs.yaml"
+cmp -s "$RENDER/default.yaml" "$OUT/swapped-certs.yaml" && fail "no node-<id>.pem item to swap in the default render"
+if "$VALIDATE" manifests -external-secret herald-certs -external-secret herald-node-certs "$OUT/swapped-certs.yaml" >/dev/null 2>"$OUT/err"; then
+  fail "the validator accepted a node pod mounting another node's certificate"
+fi
+echo "  rejected swapped node certificates: $(grep -m1 -o "pod [^ ]* (node [0-9]*) mounts [^ ]*" "$OUT/err")"
 for f in helm/tests/broken/*.yaml; do
   if "$VALIDATE" manifests "$f" >/dev/null 2>"$OUT/err"; then
     fail "the validator accepted $f"
@@ -140,7 +154,7 @@ cmp -s deploy/prometheus/alerts.yaml "$CHART/files/alerts.yaml" ||
   fail "$CHART/files/alerts.yaml differs from deploy/prometheus/alerts.yaml (copy it)"
 promtool check rules deploy/prometheus/alerts.yaml
 promtool test rules deploy/prometheus/alerts.test.yaml
-"$VALIDATE" manifests -external-secret herald-credentials -external-secret herald-node-tls -write-rules "$OUT/chart-rules.yaml" "$RENDER/ha.yaml" >/dev/null
+"$VALIDATE" manifests -external-secret herald-credentials -external-secret herald-node-tls -external-secret herald-certs -external-secret herald-node-certs -write-rules "$OUT/chart-rules.yaml" "$RENDER/ha.yaml" >/dev/null
 promtool check rules "$OUT/chart-rules.yaml"
 missing=()
 for m in $(grep -ohE 'herald_[a-z0-9_]+' deploy/prometheus/alerts.yaml deploy/grafana/herald.json |

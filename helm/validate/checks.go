@@ -55,6 +55,7 @@ func CheckBundle(objects []Object, externalSecrets []string) []error {
 		case *appsv1.StatefulSet:
 			b.checkSelector(o, v.Spec.Selector, v.Spec.Template.Labels)
 			b.checkStatefulSet(o, v)
+			b.checkNodeCertificates(o, v)
 		case *appsv1.Deployment:
 			b.checkSelector(o, v.Spec.Selector, v.Spec.Template.Labels)
 		case *corev1.Service:
@@ -443,4 +444,91 @@ func sortedKinds(objects []Object) string {
 	}
 	sort.Strings(out)
 	return strings.Join(out, " ")
+}
+
+// nodeCertKey is the Secret key `herald certs` gives node id's certificate.
+var nodeCertKey = regexp.MustCompile(`^node-([0-9]+)\.pem$`)
+
+// checkNodeCertificates: with --grpc-tls, each node pod must present its
+// own certificate (herald://node/<ordinal+1>). A StatefulSet has one pod
+// template, so the file behind --tls-cert must differ per pod through a
+// subPathExpr, and the item each pod sees must be its node's.
+func (b *bundle) checkNodeCertificates(o Object, sts *appsv1.StatefulSet) {
+	spec := sts.Spec.Template.Spec
+	if len(spec.Containers) == 0 || len(spec.Containers[0].Command) == 0 || spec.Containers[0].Command[0] != "herald-node" {
+		return
+	}
+	c := spec.Containers[0]
+	if !hasArg(c, "--grpc-tls") {
+		return
+	}
+	certPath := ""
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--tls-cert="); ok {
+			certPath = v
+		}
+	}
+	if certPath == "" {
+		b.fail(o, "--grpc-tls without --tls-cert=<path>")
+		return
+	}
+	var mount *corev1.VolumeMount
+	for i := range c.VolumeMounts {
+		m := &c.VolumeMounts[i]
+		if strings.HasPrefix(certPath, strings.TrimSuffix(m.MountPath, "/")+"/") {
+			mount = m
+		}
+	}
+	if mount == nil {
+		b.fail(o, "--tls-cert %s is on no mounted volume", certPath)
+		return
+	}
+	if mount.SubPathExpr != "$(POD_NAME)" {
+		b.fail(o, "volume %s is mounted whole: every node pod would present the same certificate (mount its own directory with subPathExpr: $(POD_NAME))", mount.Name)
+		return
+	}
+	rel := strings.TrimPrefix(certPath, strings.TrimSuffix(mount.MountPath, "/")+"/")
+	type source struct {
+		secret string
+		items  []corev1.KeyToPath
+	}
+	var sources []source
+	for _, v := range spec.Volumes {
+		if v.Name != mount.Name {
+			continue
+		}
+		if v.Secret != nil {
+			sources = append(sources, source{v.Secret.SecretName, v.Secret.Items})
+		}
+		if v.Projected != nil {
+			for _, s := range v.Projected.Sources {
+				if s.Secret != nil {
+					sources = append(sources, source{s.Secret.Name, s.Secret.Items})
+				}
+			}
+		}
+	}
+	replicas := 1
+	if sts.Spec.Replicas != nil {
+		replicas = int(*sts.Spec.Replicas)
+	}
+	for i := 0; i < replicas; i++ {
+		pod := fmt.Sprintf("%s-%d", sts.Name, i)
+		want := pod + "/" + rel
+		found := 0
+		for _, s := range sources {
+			for _, it := range s.items {
+				if it.Path != want {
+					continue
+				}
+				found++
+				if m := nodeCertKey.FindStringSubmatch(it.Key); m != nil && m[1] != fmt.Sprint(i+1) {
+					b.fail(o, "pod %s (node %d) mounts %s of Secret %s as its certificate: another node's", pod, i+1, it.Key, s.secret)
+				}
+			}
+		}
+		if found != 1 {
+			b.fail(o, "pod %s finds %d files at %s in volume %s (want exactly its own certificate)", pod, found, want, mount.Name)
+		}
+	}
 }

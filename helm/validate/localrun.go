@@ -24,6 +24,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -45,6 +46,25 @@ type World struct {
 	hosts    map[string]map[int32]string
 	fixtures map[string]string // "<secret>/<key>" -> fixture value
 	ec       *ecdsa.PrivateKey
+	// Output of `herald certs`: what a user puts in the certificates
+	// Secret (ca.pem, node-<id>.pem, node-<id>-key.pem, edge.pem, ...).
+	certs string
+}
+
+// IssueCerts writes a cluster CA and certificates for node ids 1..nodes
+// and the edges with `herald certs`, as a user would before installing.
+func (w *World) IssueCerts(bin string, nodes int) error {
+	dir := filepath.Join(w.Dir, "certs")
+	cmd := &Command{
+		Path: filepath.Join(bin, "herald"),
+		Args: []string{"certs", "--out", dir, "--nodes", fmt.Sprint(nodes)},
+		Env:  []string{"PATH=" + os.Getenv("PATH")},
+	}
+	if out, err := RunOnce(cmd, 40*time.Second); err != nil {
+		return fmt.Errorf("herald certs: %v: %s", err, out)
+	}
+	w.certs = dir
+	return nil
 }
 
 // LocalPod is one pod of a rendered workload, ready to start.
@@ -299,10 +319,6 @@ func (w *World) Command(p *LocalPod, c corev1.Container, bin string) (*Command, 
 	if len(c.Command) == 0 {
 		return nil, fmt.Errorf("pod %s container %s: no command (the image has no default the harness can know)", p.Name, c.Name)
 	}
-	mounts, err := w.materializeVolumes(p, c)
-	if err != nil {
-		return nil, err
-	}
 	env := map[string]string{}
 	var order []string
 	for _, e := range c.Env {
@@ -312,6 +328,10 @@ func (w *World) Command(p *LocalPod, c corev1.Container, bin string) (*Command, 
 		}
 		env[e.Name] = v
 		order = append(order, e.Name)
+	}
+	mounts, err := w.materializeVolumes(p, c, env)
+	if err != nil {
+		return nil, err
 	}
 	var line []string
 	for _, a := range append(append([]string{}, c.Command...), c.Args...) {
@@ -409,7 +429,7 @@ func rewritePaths(a string, mounts map[string]string) string {
 
 // materializeVolumes gives every mount of the container a local
 // directory, filled from the render's ConfigMaps and Secrets.
-func (w *World) materializeVolumes(p *LocalPod, c corev1.Container) (map[string]string, error) {
+func (w *World) materializeVolumes(p *LocalPod, c corev1.Container, env map[string]string) (map[string]string, error) {
 	volumes := map[string]corev1.Volume{}
 	for _, v := range p.Spec.Volumes {
 		volumes[v.Name] = v
@@ -420,7 +440,16 @@ func (w *World) materializeVolumes(p *LocalPod, c corev1.Container) (map[string]
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
-		mounts[m.MountPath] = dir
+		// A subPath mounts one directory of the volume (with
+		// subPathExpr, chosen by the pod's own variables).
+		sub := m.SubPath
+		if m.SubPathExpr != "" {
+			sub = expandVars(m.SubPathExpr, env)
+			if strings.Contains(sub, "$(") {
+				return nil, fmt.Errorf("pod %s: subPathExpr %q names a variable the container does not set", p.Name, m.SubPathExpr)
+			}
+		}
+		mounts[m.MountPath] = filepath.Join(dir, sub)
 		v, ok := volumes[m.Name]
 		if !ok {
 			continue // a volumeClaimTemplate: an empty directory, kept across restarts
@@ -441,17 +470,15 @@ func (w *World) materializeVolumes(p *LocalPod, c corev1.Container) (map[string]
 				}
 			}
 		case v.Secret != nil:
-			items := v.Secret.Items
-			if len(items) == 0 {
-				return nil, fmt.Errorf("pod %s: Secret volume %s without items: the harness cannot know its keys", p.Name, m.Name)
+			if err := w.secretItems(p, c, m, dir, sub, v.Secret.SecretName, v.Secret.Items); err != nil {
+				return nil, err
 			}
-			for _, it := range items {
-				role := fileRole(c, m.MountPath+"/"+it.Path)
-				val, err := w.secretValue(v.Secret.SecretName, it.Key, role)
-				if err != nil {
-					return nil, err
+		case v.Projected != nil:
+			for _, src := range v.Projected.Sources {
+				if src.Secret == nil {
+					return nil, fmt.Errorf("pod %s: projected volume %s: only secret sources can run locally", p.Name, m.Name)
 				}
-				if err := os.WriteFile(filepath.Join(dir, it.Path), []byte(val), 0o600); err != nil {
+				if err := w.secretItems(p, c, m, dir, sub, src.Secret.Name, src.Secret.Items); err != nil {
 					return nil, err
 				}
 			}
@@ -461,6 +488,48 @@ func (w *World) materializeVolumes(p *LocalPod, c corev1.Container) (map[string]
 		}
 	}
 	return mounts, nil
+}
+
+// secretItems writes the items of one Secret into a volume directory.
+func (w *World) secretItems(p *LocalPod, c corev1.Container, m corev1.VolumeMount, dir, sub, secret string, items []corev1.KeyToPath) error {
+	if len(items) == 0 {
+		return fmt.Errorf("pod %s: Secret volume %s without items: the harness cannot know its keys", p.Name, m.Name)
+	}
+	for _, it := range items {
+		// The path the container sees, below its subPath.
+		seen, below := strings.CutPrefix(it.Path, sub+"/")
+		role := ""
+		if sub == "" || below {
+			if sub == "" {
+				seen = it.Path
+			}
+			role = fileRole(c, m.MountPath+"/"+seen)
+		}
+		if role == "--api-keys-file" && hasArg(c, "--grpc-tls") {
+			role = "--api-keys-file (TLS)"
+		}
+		val, err := w.secretValue(secret, it.Key, role)
+		if err != nil {
+			return err
+		}
+		path := filepath.Join(dir, it.Path)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, []byte(val), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func hasArg(c corev1.Container, flag string) bool {
+	for _, a := range c.Args {
+		if a == flag {
+			return true
+		}
+	}
+	return false
 }
 
 func itemsOr(items []corev1.KeyToPath, data map[string]string) []corev1.KeyToPath {
@@ -517,11 +586,21 @@ func (w *World) secretValue(name, key, role string) (string, error) {
 	if v, ok := w.fixtures[id]; ok {
 		return v, nil
 	}
+	if w.certs != "" && certsFile.MatchString(key) {
+		b, err := os.ReadFile(filepath.Join(w.certs, key))
+		if err != nil {
+			return "", fmt.Errorf("Secret %s key %s: not a file `herald certs` wrote: %w", name, key, err)
+		}
+		return string(b), nil
+	}
 	publisher, internal := w.fixtureKeys(name)
 	var v string
 	switch role {
 	case "--api-keys-file":
 		v = publisher + "\nadmin+edge+node:" + internal + "\n"
+	case "--api-keys-file (TLS)":
+		// Nodes and edges prove their role with certificates.
+		v = publisher + "\nadmin:" + internal + "\n"
 	case "HERALD_API_KEY":
 		v = internal
 	case "--jwt-public-key-file":
@@ -555,6 +634,9 @@ func (w *World) secretValue(name, key, role string) (string, error) {
 	w.fixtures[id] = v
 	return v, nil
 }
+
+// certsFile matches the names `herald certs` writes.
+var certsFile = regexp.MustCompile(`^(ca|edge|node-[0-9]+)(-key)?\.pem$`)
 
 func (w *World) fixtureKeys(secret string) (publisher, internal string) {
 	p, ok := w.fixtures[secret+"/#publisher"]

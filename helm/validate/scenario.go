@@ -35,6 +35,7 @@ type harness struct {
 	nodes   []*LocalPod
 	procs   map[string]*Proc
 	key     string // an API key the nodes accept
+	tlsCA   string // the cluster CA, when gRPC runs over TLS
 	service string // local address of the client gRPC Service
 }
 
@@ -67,6 +68,9 @@ func runCmd(args []string) error {
 	}
 	world, err := NewWorld(objects, *namespace, *domain, dir)
 	if err != nil {
+		return err
+	}
+	if err := world.IssueCerts(abs, 16); err != nil {
 		return err
 	}
 	h := &harness{bin: abs, timeout: *timeout, world: world, sup: NewSupervisor(dir), ifaces: map[string]*Interface{}, procs: map[string]*Proc{}}
@@ -287,6 +291,12 @@ func (h *harness) findServiceAndKey(objects []Object) error {
 		return err
 	}
 	for _, a := range cmd.Args {
+		// A TLS cluster: publishers trust the cluster CA (herald --tls-ca).
+		if path, ok := strings.CutPrefix(a, "--tls-ca="); ok && hasArg(h.nodes[0].Container, "--grpc-tls") {
+			h.tlsCA = path
+		}
+	}
+	for _, a := range cmd.Args {
 		if path, ok := strings.CutPrefix(a, "--api-keys-file="); ok {
 			f, err := os.Open(path)
 			if err != nil {
@@ -305,10 +315,18 @@ func (h *harness) findServiceAndKey(objects []Object) error {
 	return errors.New("the node container has no --api-keys-file with a key")
 }
 
+func (h *harness) serverArgs() []string {
+	out := []string{"--server", h.service, "--api-key", h.key}
+	if h.tlsCA != "" {
+		out = append(out, "--tls-ca", h.tlsCA)
+	}
+	return out
+}
+
 func (h *harness) cli(args ...string) (string, error) {
 	cmd := &Command{
 		Path: filepath.Join(h.bin, "herald"),
-		Args: append([]string{"--server", h.service, "--api-key", h.key}, args...),
+		Args: append(h.serverArgs(), args...),
 		Env:  []string{"PATH=" + os.Getenv("PATH")},
 	}
 	out, err := RunOnce(cmd, 40*time.Second)

@@ -64,6 +64,104 @@ app.kubernetes.io/part-of: herald
 {{- default (printf "%s-node-tls" (include "herald.fullname" .)) .Values.node.quic.tls.existingSecret }}
 {{- end }}
 
+{{/* "true" when nodes and edges carry their own certificates (gRPC over TLS). */}}
+{{- define "herald.tls.perNode" -}}
+{{- if eq .Values.tls.mode "perNode" }}true{{ end }}
+{{- end }}
+
+{{/* The Secret laid out as `herald certs` writes (tls.mode perNode, no cert-manager). */}}
+{{- define "herald.tls.certsSecretName" -}}
+{{- default (printf "%s-certs" (include "herald.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{/* cert-manager's Secret of node id. Call with (list $ id). */}}
+{{- define "herald.tls.nodeSecretName" -}}
+{{- printf "%s-node-%d-tls" (include "herald.fullname" (index . 0)) (index . 1 | int) }}
+{{- end }}
+
+{{- define "herald.tls.edgeSecretName" -}}
+{{- printf "%s-edge-tls" (include "herald.fullname" .) }}
+{{- end }}
+
+{{/*
+The node pods' certificate volume (tls.mode perNode): every node's files,
+each under the directory named after its pod (<fullname>-node-<ordinal>/
+ca.crt, tls.crt, tls.key with node id ordinal + 1). A StatefulSet has one
+pod template, so the volume lists them all; the container mounts only its
+own directory (subPathExpr $(POD_NAME)), and herald-node refuses a
+certificate that names another id.
+*/}}
+{{- define "herald.tls.nodeVolume" -}}
+- name: tls
+{{- if .Values.tls.certManager.enabled }}
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- range $i := until (.Values.node.replicas | int) }}
+      {{- $pod := printf "%s-%d" (include "herald.node.fullname" $) $i }}
+      - secret:
+          name: {{ include "herald.tls.nodeSecretName" (list $ (add1 $i)) }}
+          items:
+            - key: ca.crt
+              path: {{ $pod }}/ca.crt
+            - key: tls.crt
+              path: {{ $pod }}/tls.crt
+            - key: tls.key
+              path: {{ $pod }}/tls.key
+      {{- end }}
+{{- else }}
+  secret:
+    secretName: {{ include "herald.tls.certsSecretName" . }}
+    defaultMode: 0440
+    items:
+      {{- range $i := until (.Values.node.replicas | int) }}
+      {{- $pod := printf "%s-%d" (include "herald.node.fullname" $) $i }}
+      - key: ca.pem
+        path: {{ $pod }}/ca.crt
+      - key: node-{{ add1 $i }}.pem
+        path: {{ $pod }}/tls.crt
+      - key: node-{{ add1 $i }}-key.pem
+        path: {{ $pod }}/tls.key
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The edge certificate (ca.crt, tls.crt, tls.key), or with (list $ "ca") the
+cluster CA alone (membership Jobs). Call with (list $ "edge"|"ca").
+*/}}
+{{- define "herald.tls.clientVolume" -}}
+{{- $root := index . 0 }}
+{{- $edge := eq (index . 1) "edge" -}}
+- name: tls
+  secret:
+{{- if $root.Values.tls.certManager.enabled }}
+    secretName: {{ include "herald.tls.edgeSecretName" $root }}
+    defaultMode: 0440
+    items:
+      - key: ca.crt
+        path: ca.crt
+      {{- if $edge }}
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      {{- end }}
+{{- else }}
+    secretName: {{ include "herald.tls.certsSecretName" $root }}
+    defaultMode: 0440
+    items:
+      - key: ca.pem
+        path: ca.crt
+      {{- if $edge }}
+      - key: edge.pem
+        path: tls.crt
+      - key: edge-key.pem
+        path: tls.key
+      {{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Node StatefulSet, its headless Service (peer DNS) and the client Service. */}}
 {{- define "herald.node.fullname" -}}
 {{- printf "%s-node" (include "herald.fullname" .) }}
@@ -176,6 +274,15 @@ them at start-up, after the pods were already created.
 {{- end }}
 {{- if gt (.Values.edge.autoscaling.minReplicas | int) (.Values.edge.autoscaling.maxReplicas | int) }}
 {{- fail "edge.autoscaling.minReplicas must not exceed maxReplicas" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (ne .Values.tls.mode "perNode") }}
+{{- fail "tls.certManager.enabled issues per-node certificates: it needs tls.mode perNode" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.issuerRef.name: name the (CA) Issuer that signs the node and edge certificates" }}
+{{- end }}
+{{- if and .Values.tls.existingSecret .Values.tls.certManager.enabled }}
+{{- fail "tls.existingSecret and tls.certManager.enabled exclude each other: the certificates come from one or the other" }}
 {{- end }}
 {{- if and .Values.edge.httpRoute.enabled (not .Values.edge.httpRoute.parentRefs) }}
 {{- fail "edge.httpRoute.parentRefs: name the Gateway the route attaches to" }}
