@@ -119,18 +119,7 @@ async fn lost_majority_recovered_from_the_survivor_with_every_acknowledged_publi
         String::from_utf8_lossy(&inspected.stdout),
         String::from_utf8_lossy(&inspected.stderr)
     );
-    let recovered = crate::herald_node_offline(&cluster, survivor, "recover");
-    let report = String::from_utf8_lossy(&recovered.stdout).to_string();
-    eprintln!(
-        "recover:\n{report}{}",
-        String::from_utf8_lossy(&recovered.stderr)
-    );
-    assert!(recovered.status.success(), "recover failed");
-    cluster.node_mut(survivor).restart().unwrap();
-    let leader = cluster
-        .wait_for_leader_among(&[survivor], Duration::from_secs(60))
-        .await
-        .unwrap();
+    let report = crate::recover_and_lead(&mut cluster, survivor).await;
     let alone = cluster.status(survivor).await.unwrap();
     if voters(&alone) != [survivor].into() {
         violations.push(format!(
@@ -139,16 +128,8 @@ async fn lost_majority_recovered_from_the_survivor_with_every_acknowledged_publi
         ));
     }
     let after = crate::positions(&cluster, survivor, &channels).await;
-    let changes: BTreeMap<String, (String, String)> = before
-        .iter()
-        .map(|(c, (old, _))| (c.clone(), (old.clone(), after[c].0.clone())))
-        .collect();
-    if crate::printed_epochs(&report) != changes {
-        violations.push(format!(
-            "recover printed epoch changes {:?}, the node applied {changes:?}",
-            crate::printed_epochs(&report)
-        ));
-    }
+    let (changes, printed_wrong) = crate::epoch_changes(&report, &before, &after);
+    violations.extend(printed_wrong);
     for (c, (old_epoch, old_offset)) in &before {
         if after[c].1 < *old_offset {
             violations.push(format!(
@@ -164,15 +145,7 @@ async fn lost_majority_recovered_from_the_survivor_with_every_acknowledged_publi
     // It acknowledges alone, then with the lost nodes back on empty disks.
     retries +=
         crate::publish_each(&cluster, &[survivor], &mut ledger, &spec, AFTER_BASE, 100).await;
-    for &id in &lost {
-        cluster.node_mut(id).restart().unwrap();
-    }
-    for &id in &lost {
-        cluster
-            .wait_for_member(id, Some("voter"), Duration::from_secs(120))
-            .await
-            .unwrap();
-    }
+    crate::rejoin_empty(&mut cluster, &lost).await;
     eprintln!("nodes {lost:?} are voters again");
     retries += crate::publish_each(&cluster, &ids, &mut ledger, &spec, AFTER_BASE + 100, 100).await;
     cluster
@@ -209,7 +182,7 @@ async fn lost_majority_recovered_from_the_survivor_with_every_acknowledged_publi
         .to_string();
     Verdict::new(SCENARIO, &ledger, retries, violations)
         .fact("survivor", survivor)
-        .fact("leader_after", leader)
+        .fact("leader_after", survivor)
         .fact("probe_acks", format!("{probe_acks}/{PROBES}"))
         .fact("entries_kept", kept)
         .fact("epochs_changed", changes.len())

@@ -254,6 +254,57 @@ fn herald_node_offline(cluster: &Cluster, id: u64, command: &str) -> std::proces
         .unwrap_or_else(|e| panic!("running herald-node {command}: {e}"))
 }
 
+/// The runbook's recovery of a stopped node: `herald-node recover` on its
+/// data dir (which must succeed), then the node started alone until it
+/// leads. Returns what `recover` printed.
+async fn recover_and_lead(cluster: &mut Cluster, id: u64) -> String {
+    let recovered = herald_node_offline(cluster, id, "recover");
+    let report = String::from_utf8_lossy(&recovered.stdout).to_string();
+    eprintln!(
+        "recover:\n{report}{}",
+        String::from_utf8_lossy(&recovered.stderr)
+    );
+    assert!(recovered.status.success(), "recover failed");
+    cluster.node_mut(id).restart().unwrap();
+    cluster
+        .wait_for_leader_among(&[id], Duration::from_secs(60))
+        .await
+        .unwrap();
+    report
+}
+
+/// Each channel's epoch change from `before` to `after` (channel → (epoch,
+/// newest offset)), and a violation unless `recover` printed exactly those.
+fn epoch_changes(
+    report: &str,
+    before: &BTreeMap<String, (String, u64)>,
+    after: &BTreeMap<String, (String, u64)>,
+) -> (BTreeMap<String, (String, String)>, Option<String>) {
+    let changes: BTreeMap<String, (String, String)> = before
+        .iter()
+        .map(|(c, (old, _))| (c.clone(), (old.clone(), after[c].0.clone())))
+        .collect();
+    let printed = printed_epochs(report);
+    let violation = (printed != changes).then(|| {
+        format!("recover printed epoch changes {printed:?}, the node applied {changes:?}")
+    });
+    (changes, violation)
+}
+
+/// Start the nodes `ids` again (their data dirs are empty) and wait until
+/// the cluster has made each a voter.
+async fn rejoin_empty(cluster: &mut Cluster, ids: &[u64]) {
+    for &id in ids {
+        cluster.node_mut(id).restart().unwrap();
+    }
+    for &id in ids {
+        cluster
+            .wait_for_member(id, Some("voter"), Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
+}
+
 /// Publish ids `first..first + n` of `spec`'s channels one at a time
 /// through `nodes` (retrying with the key, patience 60 s each), writing
 /// every outcome to `ledger`. Returns the retries made.

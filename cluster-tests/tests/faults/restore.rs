@@ -94,30 +94,11 @@ async fn restore_from_a_backup_bumps_every_epoch_and_tells_clients() {
         cluster.node(restored).data_dir().join("herald.redb"),
     )
     .unwrap();
-    let recovered = crate::herald_node_offline(&cluster, restored, "recover");
-    let report = String::from_utf8_lossy(&recovered.stdout).to_string();
-    eprintln!(
-        "recover:\n{report}{}",
-        String::from_utf8_lossy(&recovered.stderr)
-    );
-    assert!(recovered.status.success(), "recover failed");
-    cluster.node_mut(restored).restart().unwrap();
-    cluster
-        .wait_for_leader_among(&[restored], Duration::from_secs(60))
-        .await
-        .unwrap();
+    let report = crate::recover_and_lead(&mut cluster, restored).await;
     let mut violations = Vec::new();
     let after = crate::positions(&cluster, restored, &channels).await;
-    let changes: BTreeMap<String, (String, String)> = at_backup
-        .iter()
-        .map(|(c, (old, _))| (c.clone(), (old.clone(), after[c].0.clone())))
-        .collect();
-    if crate::printed_epochs(&report) != changes {
-        violations.push(format!(
-            "recover printed epoch changes {:?}, the node applied {changes:?}",
-            crate::printed_epochs(&report)
-        ));
-    }
+    let (changes, printed_wrong) = crate::epoch_changes(&report, &at_backup, &after);
+    violations.extend(printed_wrong);
     for (c, (_, offset)) in &at_backup {
         if after[c].1 != *offset {
             violations.push(format!(
@@ -126,15 +107,7 @@ async fn restore_from_a_backup_bumps_every_epoch_and_tells_clients() {
             ));
         }
     }
-    for &id in &ids[1..] {
-        cluster.node_mut(id).restart().unwrap();
-    }
-    for &id in &ids[1..] {
-        cluster
-            .wait_for_member(id, Some("voter"), Duration::from_secs(120))
-            .await
-            .unwrap();
-    }
+    crate::rejoin_empty(&mut cluster, &ids[1..]).await;
     let status = cluster.status(restored).await.unwrap();
     if voters(&status) != ids.iter().copied().collect() {
         violations.push(format!("voters after the restore: {:?}", voters(&status)));
