@@ -5,7 +5,7 @@
 //! and receives what `herald publish` sends; SIGTERM stops it with exit
 //! status 0 and leaves no child behind.
 //!
-//! The publish retried with the same idempotency key proves DESIGN.md
+//! The publish retried with the same idempotency key proves `docs/guarantees.md`
 //! guarantee 5 (stored once) as a user of the CLI sees it.
 
 use std::io::{BufRead, BufReader, Read, Write};

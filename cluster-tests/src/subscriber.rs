@@ -5,7 +5,7 @@
 //! `(epoch, offset)` it saw — recording every subscribe outcome and every
 //! publication it is handed, in order.
 //!
-//! [`check_subscriber`] then proves guarantees 2 and 3 of `DESIGN.md` for
+//! [`check_subscriber`] then proves guarantees 2 and 3 of `docs/guarantees.md` for
 //! one subscriber against the publishers' [`Ledger`]: per channel, offsets
 //! follow each other with no gap, duplicate or reordering across reconnects
 //! (unless the edge said `recovered: false`, which is recorded and counted),

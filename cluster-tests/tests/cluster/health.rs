@@ -1,4 +1,4 @@
-//! The operations contract of `DESIGN.md` (Kubernetes): liveness never
+//! The operations contract of `docs/guarantees.md` (health and readiness): liveness never
 //! depends on cluster health, readiness does. A node that has lost its
 //! quorum keeps answering `/healthz` with 200 (a liveness probe must never
 //! restart nodes for a quorum problem) but must answer `/readyz` with 503,

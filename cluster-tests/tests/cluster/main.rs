@@ -1,5 +1,5 @@
 //! Multi-process tests of `herald-node`: one module per scenario, each
-//! naming the guarantee of `DESIGN.md` it proves. Every test starts its own
+//! naming the guarantee of `docs/guarantees.md` it proves. Every test starts its own
 //! cluster of real processes (see the `herald_cluster_tests` harness), and
 //! clusters run one at a time within this binary.
 //!

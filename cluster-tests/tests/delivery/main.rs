@@ -1,5 +1,5 @@
 //! Multi-process tests of the QUIC delivery plane (issue: delivery plane).
-//! Each module names the DESIGN.md guarantee or mechanism it proves.
+//! Each module names the guarantee (`docs/guarantees.md`) or mechanism it proves.
 //!
 //! | module | proves |
 //! |---|---|

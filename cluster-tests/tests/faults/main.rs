@@ -3,7 +3,7 @@
 //! the checkers' verdict on one printed line: the history checker over
 //! every node, and the subscriber checker over every recording WebSocket
 //! subscriber. One module per scenario, each naming the guarantee of
-//! `DESIGN.md` it proves; what each injects and checks is written up in
+//! `docs/guarantees.md` it proves; what each injects and checks is written up in
 //! `docs/guarantees.md`.
 //!
 //! | module | injects | proves |

@@ -1,7 +1,7 @@
 //! End-to-end tests of `herald-edge`: real nodes, real edges, and the real
 //! `centrifuge` SDK / a plain EventSource / raw WebSockets driven by Node.js,
 //! and a headless Chromium page.
-//! One module per scenario; each names the DESIGN.md guarantee it proves.
+//! One module per scenario; each names the guarantee of `docs/guarantees.md` it proves.
 
 mod harness;
 

@@ -1,4 +1,4 @@
-//! Graceful shutdown (DESIGN.md, Operations): on SIGTERM the edge tells its
+//! Graceful shutdown (`docs/operations.md`, "Shutdown"): on SIGTERM the edge tells its
 //! clients to reconnect elsewhere (disconnect 3001, which the SDK answers by
 //! reconnecting) and exits within its grace period.
 
