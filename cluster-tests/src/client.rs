@@ -133,22 +133,26 @@ pub fn error_metadata(status: &Status) -> HashMap<String, String> {
 /// retried with the same idempotency key: `UNAVAILABLE` (every documented
 /// retryable reason — `NO_LEADER`, `NO_QUORUM`, `COMMIT_TIMEOUT`,
 /// `LEADER_STEPPING_DOWN`, `LEADER_UNREACHABLE`, `STORAGE_FAILED`,
-/// `RAFT_STOPPED` — and a refused connection) or a timeout. Not `UNKNOWN`,
-/// `CANCELLED` or `INTERNAL`: see [`is_broken_call`].
+/// `RAFT_STOPPED` — and a refused connection), a timeout, or `CANCELLED`
+/// without Herald's details (the client's connection closed before the
+/// answer: a transport failure whose outcome is unknown, never what a
+/// handler panic looks like). Not `UNKNOWN` or `INTERNAL`: see
+/// [`is_broken_call`].
 pub fn is_retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        Code::Cancelled => reason_of(status).is_none(),
+        _ => false,
+    }
 }
 
-/// Whether a call broke without an answer from Herald: `UNKNOWN`,
-/// `CANCELLED` or `INTERNAL` without Herald's error details. A node killed
-/// mid-call looks like this (its connection reset), and so does a node
-/// whose handler panicked (the stream reset). [`RotatingPublisher`] tells
-/// them apart by asking the node whether it is still there.
+/// Whether a call broke without an answer from Herald: `UNKNOWN` or
+/// `INTERNAL` without Herald's error details. A node killed mid-call looks
+/// like this (its connection reset), and so does a node whose handler
+/// panicked (the stream reset). [`RotatingPublisher`] tells them apart by
+/// asking the node whether it is still there.
 pub fn is_broken_call(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unknown | Code::Cancelled | Code::Internal
-    ) && reason_of(status).is_none()
+    matches!(status.code(), Code::Unknown | Code::Internal) && reason_of(status).is_none()
 }
 
 /// How long a node that broke a call has to answer `ClusterStatus` before
@@ -406,11 +410,13 @@ mod tests {
         assert!(is_retryable(&with_reason(Code::Unavailable, "NO_QUORUM")));
         assert!(is_retryable(&Status::unavailable("connection refused")));
         assert!(is_retryable(&Status::deadline_exceeded("no answer")));
+        // The client's connection closed before the answer.
+        assert!(is_retryable(&Status::cancelled("operation was canceled")));
+        assert!(!is_retryable(&with_reason(Code::Cancelled, "SOMETHING")));
         // What a handler panic or a node killed mid-call looks like: not
         // retried blindly, only after the node is found gone.
         for broken in [
             Status::unknown("h2 protocol error"),
-            Status::cancelled("stream reset"),
             Status::internal("stream reset"),
         ] {
             assert!(!is_retryable(&broken), "{broken:?}");

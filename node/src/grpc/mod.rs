@@ -27,7 +27,10 @@ pub const RELAY_FROM: &str = "x-herald-relay-from";
 /// transport error it cannot classify.
 pub(crate) fn forwarding_failed(to: &str, s: tonic::Status) -> tonic::Status {
     let answered_by_leader = crate::rejection::reason_of(&s).is_some()
-        || !matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown);
+        || !matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        );
     if answered_by_leader {
         return s;
     }
