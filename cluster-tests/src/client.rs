@@ -155,17 +155,15 @@ pub fn is_broken_call(status: &Status) -> bool {
     matches!(status.code(), Code::Unknown | Code::Internal) && reason_of(status).is_none()
 }
 
-/// How long a node that broke a call has to answer `ClusterStatus` before
-/// it counts as gone.
-const PRESENCE_CHECK: Duration = Duration::from_secs(2);
-
 /// A publisher that retries on retryable errors ([`is_retryable`]) with the
 /// same request (so the same idempotency key), moving to the next node each
 /// time, until a deadline. A broken call ([`is_broken_call`]) is retried
-/// only if its node then fails to answer `ClusterStatus` (it died or was
-/// cut off: the transport failure the protocol calls safe to retry); a node
-/// still answering broke the call itself, and that is returned as a
-/// failure. Any other error is returned at once.
+/// too: its outcome is unknown, and a retry with the same key is what the
+/// idempotency window makes safe. Telling a node killed mid-call from a
+/// handler that panicked is left to the log scan (every scenario fails on
+/// a `panicked` line in any node's or edge's log), because asking the node
+/// whether it is still there races with scenarios that restart it at once.
+/// Any other error is returned at once.
 #[derive(Debug, Clone)]
 pub struct RotatingPublisher {
     clients: Vec<(u64, Publisher)>,
@@ -245,19 +243,6 @@ impl RotatingPublisher {
         self.clients[self.next].0
     }
 
-    /// Whether the node at index `i` answers `ClusterStatus` at all (any
-    /// answer from Herald, even an error with its details, shows the
-    /// process is there and reachable).
-    async fn answers(&mut self, i: usize) -> bool {
-        let client = &mut self.clients[i].1;
-        let call = client.cluster_status(herald_proto::v1::ClusterStatusRequest {});
-        match tokio::time::timeout(PRESENCE_CHECK, call).await {
-            Err(_) => false,
-            Ok(Ok(_)) => true,
-            Ok(Err(status)) => !(is_retryable(&status) || is_broken_call(&status)),
-        }
-    }
-
     /// Publish `req`, retrying as described on the type, for at most `patience`.
     pub async fn publish(
         &mut self,
@@ -280,7 +265,7 @@ impl RotatingPublisher {
             let retry = match &result {
                 Ok(_) => false,
                 Err(status) if is_retryable(status) => true,
-                Err(status) if is_broken_call(status) => !self.answers(self.next).await,
+                Err(status) if is_broken_call(status) => true,
                 Err(_) => false,
             };
             match result {
